@@ -1,0 +1,2 @@
+//! middleman: a sharded, thread-per-core WebSocket broker.
+pub mod protocol;
