@@ -1,2 +1,24 @@
-//! middleman: a sharded, thread-per-core WebSocket broker.
+//! middleman: a sharded, thread-per-core WebSocket pub/sub and request/response broker.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: the wire formats, sans-IO (WebSocket frames, the upgrade, middleman
+//!   messages, the broker's own replies).
+//! - [`shard`]: one core's routing state and logic, sans-IO: subscriptions, topic ownership,
+//!   grants, requests, and the cross-shard mail that ties shards together.
+//! - [`connection`]: a connection's state, its bounded outbound queue, and its socket I/O.
+//! - [`server`]: the glommio runtime: executors, listeners, the shard loops, shutdown.
+//! - [`auth`], [`grants`], [`ids`], [`config`]: keys and roles, client grants, identifiers,
+//!   the command line.
+//!
+//! `docs/ARCHITECTURE.md` is the map; `docs/PROTOCOL.md` the contract as built.
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod grants;
+pub mod ids;
+pub mod logging;
 pub mod protocol;
+pub mod server;
+pub mod shard;

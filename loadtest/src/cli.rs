@@ -1,0 +1,385 @@
+//! Command-line arguments and the small value parsers behind them (durations, sizes, rates,
+//! CPU lists, `ws://` URLs).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "middleman-loadtest",
+    version,
+    about = "Load generator for middleman (and nats-server, for comparison)",
+    long_about = "Drives a middleman broker (or nats-server's WebSocket listener) with fan-out, \
+                  request/response or idle-connection load and reports throughput, loss, \
+                  order violations, latency percentiles and its own CPU use."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Common {
+    /// WebSocket URL of the broker (ws:// only).
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:8765/")]
+    pub url: String,
+    /// Service (trusted) API key: used by publishers, subscribers, requesters and responders.
+    #[arg(long, global = true, default_value = "xyzzy")]
+    pub service_key: String,
+    /// Client (untrusted) API key: used by the idle connections of `connections`.
+    #[arg(long, global = true, default_value = "plugh")]
+    pub client_key: String,
+    /// Generator threads; connections are spread over them round-robin.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Pin generator thread i to CPU cpus[i % len], e.g. `0` or `0,1` or `0-3`.
+    #[arg(long, global = true, value_parser = parse_cpus)]
+    #[serde(skip)]
+    pub cpus: Option<CpuList>,
+    /// How long to measure, after the warm-up (`10s`, `500ms`, `1m`).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+    /// Load before measuring starts; not counted.
+    #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
+    #[serde(serialize_with = "seconds")]
+    pub warmup: Duration,
+    /// After the run, how long to wait for messages still in flight before counting the
+    /// missing ones as lost.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    #[serde(serialize_with = "seconds")]
+    pub drain: Duration,
+    /// Print exactly one JSON object on stdout and nothing else.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Wire protocol of the broker under test.
+    #[arg(long, global = true, value_enum, default_value_t = Protocol::Middleman)]
+    pub protocol: Protocol,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// middleman protocol in WebSocket text frames.
+    Middleman,
+    /// NATS text protocol in WebSocket binary frames (nats-server `websocket {}` listener).
+    Nats,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Publishers to subscribers over topics: throughput, loss, order, latency.
+    Fanout(FanoutArgs),
+    /// Requesters with a fixed number of requests in flight against echoing responders.
+    Reqres(ReqresArgs),
+    /// Many idle authenticated connections: connect rate and server memory per connection.
+    Connections(ConnectionsArgs),
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FanoutArgs {
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub subscribers: usize,
+    /// Publisher p publishes to topic p % topics (or, with more topics than publishers, to
+    /// topics p, p + P, ... in turn); subscriber s subscribes to topic s % topics.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Body bytes per message (at least 16), e.g. `128`, `4KiB`.
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    pub payload: usize,
+    /// Total messages per second over all publishers (`100000`, `250k`, `1.5M`), sent open
+    /// loop at their intended times; or `max`: each publisher as fast as its window allows.
+    #[arg(long, default_value = "max", value_parser = parse_rate)]
+    pub rate: Rate,
+    /// With `--rate max`: how many messages a publisher may be ahead of the slowest subscriber
+    /// of its topic.
+    #[arg(long, default_value_t = 1000)]
+    pub window: u64,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ReqresArgs {
+    #[arg(long, default_value_t = 1)]
+    pub requesters: usize,
+    /// Requests each requester keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    pub outstanding: usize,
+    #[arg(long, default_value_t = 1)]
+    pub responders: usize,
+    /// Body bytes per request (at least 16); responses echo it.
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    pub payload: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ConnectionsArgs {
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// Read the broker's resident memory from /proc/PID/status before and after.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Connection attempts in progress at once, per thread (keeps the listen backlog sane).
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+    /// Spread connections over this many loopback source addresses (127.0.0.1 up to
+    /// 127.0.0.254) so the ephemeral ports of one address do not run out. 0 disables.
+    #[arg(long, default_value_t = 254)]
+    pub source_addresses: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rate {
+    PerSecond(f64),
+    Max,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// `2s`, `500ms`, `250us`, `1m`, `1.5s`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (like 2s, 500ms, 1m)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` in `{text}`")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{text}` is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `128`, `4KiB`, `1MiB`, `4k` (decimal kilo), `2kB`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (like 128, 4KiB)"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "kB" | "KB" => 1000,
+        "KiB" | "Ki" => 1024,
+        "M" | "MB" => 1_000_000,
+        "MiB" | "Mi" => 1024 * 1024,
+        other => return Err(format!("unknown size unit `{other}` in `{text}`")),
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// `max`, or messages per second: `5000`, `250k`, `1.5M`.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    let (number, scale) = match text.as_bytes().last() {
+        Some(b'k' | b'K') => (&text[..text.len() - 1], 1e3),
+        Some(b'M') => (&text[..text.len() - 1], 1e6),
+        _ => (text, 1.0),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a rate (like 10000, 250k, 1M, max)"))?;
+    let rate = value * scale;
+    if !rate.is_finite() || rate <= 0.0 {
+        return Err(format!("rate `{text}` must be positive"));
+    }
+    Ok(Rate::PerSecond(rate))
+}
+
+/// `0`, `0,1`, `0-3`, `0,2-3`.
+pub fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("`{part}` is not a CPU number or range");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: usize = a.trim().parse().map_err(|_| bad())?;
+                let b: usize = b.trim().parse().map_err(|_| bad())?;
+                if a > b {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err("empty CPU list".to_string());
+    }
+    Ok(CpuList(cpus))
+}
+
+/// Where to connect and what to put in the upgrade request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `host:port` as written, for the Host header.
+    pub host: String,
+    pub path: String,
+}
+
+pub fn parse_url(url: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let host = if authority.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| format!("`{url}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{url}`: host has no address"))?;
+    Ok(Target {
+        addr,
+        host,
+        path: path.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("2x").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("128"), Ok(128));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("4k"), Ok(4000));
+        assert_eq!(parse_size("16B"), Ok(16));
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("max"), Ok(Rate::Max));
+        assert_eq!(parse_rate("MAX"), Ok(Rate::Max));
+        assert_eq!(parse_rate("5000"), Ok(Rate::PerSecond(5000.0)));
+        assert_eq!(parse_rate("250k"), Ok(Rate::PerSecond(250_000.0)));
+        assert_eq!(parse_rate("1.5M"), Ok(Rate::PerSecond(1_500_000.0)));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpus("0"), Ok(CpuList(vec![0])));
+        assert_eq!(parse_cpus("0,1"), Ok(CpuList(vec![0, 1])));
+        assert_eq!(parse_cpus("0,2-4"), Ok(CpuList(vec![0, 2, 3, 4])));
+        assert!(parse_cpus("3-1").is_err());
+        assert!(parse_cpus("a").is_err());
+        assert!(parse_cpus("").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        let t = parse_url("ws://127.0.0.1:8765/").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8765".parse().unwrap());
+        assert_eq!((t.host.as_str(), t.path.as_str()), ("127.0.0.1:8765", "/"));
+        let t = parse_url("ws://127.0.0.1:9/x/y").unwrap();
+        assert_eq!(t.path, "/x/y");
+        let t = parse_url("ws://127.0.0.1").unwrap();
+        assert_eq!(t.addr.port(), 80);
+        assert!(parse_url("wss://127.0.0.1/").is_err());
+        assert!(parse_url("http://127.0.0.1/").is_err());
+    }
+
+    #[test]
+    fn command_line() {
+        let cli = Cli::try_parse_from([
+            "middleman-loadtest",
+            "fanout",
+            "--publishers",
+            "4",
+            "--subscribers",
+            "100",
+            "--payload",
+            "4KiB",
+            "--rate",
+            "100k",
+            "--duration",
+            "500ms",
+            "--cpus",
+            "0",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.common.json);
+        assert_eq!(cli.common.duration, Duration::from_millis(500));
+        assert_eq!(cli.common.cpus, Some(CpuList(vec![0])));
+        assert_eq!(cli.common.protocol, Protocol::Middleman);
+        match cli.command {
+            Command::Fanout(f) => {
+                assert_eq!((f.publishers, f.subscribers, f.payload), (4, 100, 4096));
+                assert_eq!(f.rate, Rate::PerSecond(100_000.0));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "middleman-loadtest",
+            "--protocol",
+            "nats",
+            "reqres",
+            "--outstanding",
+            "8",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.protocol, Protocol::Nats);
+        assert!(matches!(cli.command, Command::Reqres(ReqresArgs { outstanding: 8, .. })));
+        assert!(Cli::try_parse_from(["middleman-loadtest", "fanout", "--rate", "x"]).is_err());
+    }
+}

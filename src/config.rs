@@ -1,0 +1,189 @@
+//! The command line: every flag, its default, and how sizes and durations are spelled.
+//!
+//! Limits are named with the qualifier last in code (`message_bytes_max`) and as the issue
+//! fixed them on the command line (`--max-message-bytes`); each doc comment names both.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::auth::Keys;
+use crate::connection::SlowConsumer;
+
+/// The development keys of the original, used only on loopback when no key is configured.
+pub const DEV_SERVICE_KEY: &str = "xyzzy";
+pub const DEV_CLIENT_KEY: &str = "plugh";
+
+/// middleman: a sharded WebSocket pub/sub and request/response broker.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "middleman", version, about, long_about = None)]
+pub struct Config {
+    /// Address to accept WebSocket connections on (repeatable).
+    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8765")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Number of shards (one thread per CPU). Default: every CPU in the affinity mask.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+
+    /// A key that grants the service role (repeatable; also MIDDLEMAN_SERVICE_KEYS,
+    /// comma-separated).
+    #[arg(long = "service-key", value_name = "KEY", env = "MIDDLEMAN_SERVICE_KEYS",
+          value_delimiter = ',', hide_env_values = true)]
+    pub service_keys: Vec<String>,
+
+    /// A key that grants the client role (repeatable; also MIDDLEMAN_CLIENT_KEYS,
+    /// comma-separated).
+    #[arg(long = "client-key", value_name = "KEY", env = "MIDDLEMAN_CLIENT_KEYS",
+          value_delimiter = ',', hide_env_values = true)]
+    pub client_keys: Vec<String>,
+
+    /// Largest WebSocket message accepted (message_bytes_max); larger closes with 1009.
+    #[arg(long = "max-message-bytes", value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub message_bytes_max: usize,
+
+    /// Unsent bytes a connection may have queued before the slow-consumer policy applies
+    /// (pending_bytes_max).
+    #[arg(long = "max-pending-bytes", value_name = "BYTES", default_value = "8MiB", value_parser = parse_bytes)]
+    pub pending_bytes_max: usize,
+
+    /// What to do with a subscriber over --max-pending-bytes.
+    #[arg(long = "slow-consumer", value_enum, default_value = "disconnect")]
+    pub slow_consumer: SlowConsumer,
+
+    /// How long a REQ waits for its RES before the requester gets `timeout` (0: forever).
+    #[arg(long = "request-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long a new connection has to upgrade and send its key.
+    #[arg(long = "auth-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// How long shutdown waits for connections to flush and close.
+    #[arg(long = "drain-timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Longest topic (target) in bytes (topic_bytes_max).
+    #[arg(long = "max-topic-bytes", value_name = "BYTES", default_value = "1024", value_parser = parse_bytes)]
+    pub topic_bytes_max: usize,
+
+    /// Most headers in one message (headers_max).
+    #[arg(long = "max-headers", value_name = "N", default_value_t = 64)]
+    pub headers_max: usize,
+
+    /// Most connections (over all shards); past it the upgrade gets 503.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 100_000)]
+    pub connections_max: usize,
+
+    /// Most topics one connection may subscribe to (subscriptions_max).
+    #[arg(long = "max-subscriptions-per-connection", value_name = "N", default_value_t = 10_000)]
+    pub subscriptions_max: usize,
+
+    /// Most unanswered REQs one connection may have (pending_requests_max).
+    #[arg(long = "max-pending-requests", value_name = "N", default_value_t = 1_000)]
+    pub pending_requests_max: u32,
+
+    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
+    #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", value_parser = parse_level)]
+    pub log_level: log::LevelFilter,
+}
+
+impl Config {
+    /// The keys to accept, or why the broker must not start.
+    pub fn keys(&self) -> Result<(Keys, bool), String> {
+        let service: Vec<Vec<u8>> = self.service_keys.iter().filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()).collect();
+        let client: Vec<Vec<u8>> = self.client_keys.iter().filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()).collect();
+        if !service.is_empty() || !client.is_empty() {
+            return Ok((Keys::new(service, client), false));
+        }
+        if self.listen.iter().all(|a| a.ip().is_loopback()) {
+            let keys = Keys::new(vec![DEV_SERVICE_KEY.into()], vec![DEV_CLIENT_KEY.into()]);
+            return Ok((keys, true));
+        }
+        Err("no keys configured and a listen address is not loopback: give --service-key and \
+             --client-key (or MIDDLEMAN_SERVICE_KEYS / MIDDLEMAN_CLIENT_KEYS); the development \
+             keys are only used on loopback"
+            .into())
+    }
+}
+
+/// Parses a log level name.
+pub fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
+    text.parse().map_err(|_| format!("`{text}` is not a log level (error, warn, info, debug, trace, off)"))
+}
+
+/// Parses `1024`, `64KiB`, `1MiB`, `1GiB` (also `KB`/`MB`/`k`/`m` as binary multiples).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits.parse().map_err(|_| format!("`{text}` is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{text}`: unknown size unit `{unit}` (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Parses `0`, `500ms`, `2s`, `1m`, `1h`, `250us`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 2s, 1m)"))?;
+    Ok(match unit {
+        "us" => Duration::from_micros(n),
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{text}`: a duration needs a unit: us, ms, s, m or h")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2mb"), Ok(2 << 20));
+        assert!(parse_bytes("12XB").is_err());
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn dev_keys_only_on_loopback() {
+        let c = Config::parse_from(["middleman"]);
+        let (keys, dev) = c.keys().unwrap();
+        assert!(dev);
+        assert!(keys.role(b"xyzzy").is_some());
+        let c = Config::parse_from(["middleman", "--listen", "0.0.0.0:8765"]);
+        assert!(c.keys().is_err());
+        let c = Config::parse_from(["middleman", "--listen", "0.0.0.0:8765", "--service-key", "s"]);
+        let (keys, dev) = c.keys().unwrap();
+        assert!(!dev);
+        assert!(keys.role(b"xyzzy").is_none());
+    }
+}

@@ -1,0 +1,400 @@
+//! A connection's socket I/O on its shard: one reader task and one writer task.
+//!
+//! The reader takes the upgrade request, the key, then WebSocket frames, and hands complete
+//! messages to the shard. It reads into the shard's 64 KiB scratch buffer and keeps only an
+//! unfinished frame in the connection's own buffer, so an idle connection holds no read
+//! buffer at all.
+//!
+//! The writer drains the connection's outbound queue with vectored `sendmsg` calls on the raw
+//! socket (glommio has no vectored write). Only when the socket is full does it go through
+//! glommio, writing part of the head frame, which is also how it waits for writability.
+//!
+//! Closing: whoever decides to close queues a close frame ([`Connection::close`]). The writer
+//! sends everything up to it, then shuts down its side; the reader discards input until the
+//! peer closes too or the close grace ends. Then the shard forgets the connection.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use super::Connection;
+use crate::auth::{Keys, Role};
+use crate::protocol::handshake::{self, Upgrade};
+use crate::protocol::message::{self, Limits};
+use crate::protocol::reply;
+use crate::protocol::ws::{CloseCode, Decoder, WsEvent};
+use crate::shard::mailbox::{Inbox, Mailboxes};
+use crate::shard::Shard;
+
+/// The shard's read buffer: one large read takes many messages, which the shard then
+/// delivers before any subscriber is flushed (the batching that makes fan-out cheap).
+pub const SCRATCH_BYTES: usize = 64 << 10;
+
+/// How long the upgrade request may be.
+pub const REQUEST_BYTES_MAX: usize = 8 << 10;
+
+/// Settings every connection on a shard shares.
+#[derive(Clone, Debug)]
+pub struct ConnectionSettings {
+    pub message_bytes_max: usize,
+    pub auth_timeout: Duration,
+    /// How long a closing connection waits for the peer's close before the socket is shut.
+    pub close_grace: Duration,
+    pub limits: Limits,
+}
+
+/// What a shard's connections share: the routing state, the mail, the scratch buffer.
+pub struct ShardContext {
+    pub shard: RefCell<Shard>,
+    pub mailboxes: Mailboxes,
+    pub inbox: Inbox,
+    pub inbox_capacity: usize,
+    pub keys: Keys,
+    pub settings: ConnectionSettings,
+    pub scratch: RefCell<Vec<u8>>,
+}
+
+impl ShardContext {
+    /// True when readers should pause: mail is waiting for room in another shard's inbox,
+    /// or this shard's own inbox is filling up (reading more would only add to it).
+    fn congested(&self) -> bool {
+        self.shard.borrow().has_backlog() || self.inbox.len() > self.inbox_capacity / 2
+    }
+
+    fn flush_mail(&self) {
+        self.shard.borrow_mut().flush_mail(&self.mailboxes);
+    }
+}
+
+/// Where the reader is in the connection's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Upgrade,
+    Key,
+    Open,
+    /// A close frame is queued: input is discarded.
+    Closing,
+}
+
+/// Serves one accepted connection until it is gone.
+pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, conn: Rc<Connection>) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let stream = Rc::new(RefCell::new(stream));
+    let writer = glommio::spawn_local(write_loop(conn.clone(), stream.clone(), fd));
+    let mut reader = Reader {
+        ctx: ctx.clone(),
+        conn: conn.clone(),
+        stream,
+        peer,
+        phase: Phase::Upgrade,
+        decoder: Decoder::new(ctx.settings.message_bytes_max),
+        pending: Vec::new(),
+    };
+    reader.run().await;
+    ctx.shard.borrow_mut().disconnect(&conn);
+    ctx.flush_mail();
+    if !conn.writer_done() {
+        // The peer is gone: there is no one left to write to.
+        drop(writer);
+    } else {
+        writer.await;
+    }
+}
+
+struct Reader {
+    ctx: Rc<ShardContext>,
+    conn: Rc<Connection>,
+    stream: Rc<RefCell<TcpStream>>,
+    peer: Option<SocketAddr>,
+    phase: Phase,
+    decoder: Decoder,
+    /// An unfinished frame (or upgrade request) carried over to the next read.
+    pending: Vec<u8>,
+}
+
+/// What one read gave.
+enum Read {
+    Bytes(usize),
+    Eof,
+    /// The connection started closing while we waited.
+    Closing,
+    TimedOut,
+}
+
+impl Reader {
+    async fn run(&mut self) {
+        let deadline = Instant::now() + self.ctx.settings.auth_timeout;
+        loop {
+            let until = match self.phase {
+                Phase::Upgrade | Phase::Key => Some(deadline),
+                Phase::Open => None,
+                Phase::Closing => Some(Instant::now() + self.ctx.settings.close_grace),
+            };
+            match self.read(until).await {
+                Read::Bytes(n) => self.on_bytes(n),
+                Read::Closing => self.phase = Phase::Closing,
+                Read::TimedOut if self.phase == Phase::Key => {
+                    log::info!("connection {} ({}): auth timeout", self.conn.id, self.peer_text());
+                    self.conn.close(CloseCode::POLICY_VIOLATION, "auth timeout");
+                    self.phase = Phase::Closing;
+                }
+                Read::TimedOut | Read::Eof => return,
+            }
+            if self.phase != Phase::Closing && self.conn.is_closing() {
+                self.phase = Phase::Closing;
+            }
+            self.ctx.flush_mail();
+            while self.phase == Phase::Open && self.ctx.congested() {
+                glommio::timer::sleep(Duration::from_micros(250)).await;
+                self.ctx.flush_mail();
+            }
+        }
+    }
+
+    /// Reads into the shard's scratch buffer, until `until` at the latest.
+    async fn read(&mut self, until: Option<Instant>) -> Read {
+        let conn = &self.conn;
+        let stream = &self.stream;
+        let scratch = &self.ctx.scratch;
+        let watch_close = self.phase != Phase::Closing;
+        let read = poll_fn(|cx| {
+            if watch_close && conn.is_closing() {
+                return Poll::Ready(Ok(None));
+            }
+            let mut buf = scratch.borrow_mut();
+            let polled = Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[..]);
+            match polled {
+                Poll::Ready(r) => Poll::Ready(r.map(Some)),
+                Poll::Pending => {
+                    conn.reader.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            }
+        });
+        let result = match until {
+            None => read.await,
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                let timer = async {
+                    glommio::timer::sleep(left).await;
+                    Err(io::Error::from(io::ErrorKind::TimedOut))
+                };
+                futures_lite::future::or(read, timer).await
+            }
+        };
+        match result {
+            Ok(None) => Read::Closing,
+            Ok(Some(0)) => Read::Eof,
+            Ok(Some(n)) => Read::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Read::TimedOut,
+            Err(_) => Read::Eof,
+        }
+    }
+
+    /// Handles `n` fresh bytes in the scratch buffer.
+    fn on_bytes(&mut self, n: usize) {
+        if self.phase == Phase::Closing {
+            return; // discarded: we are waiting for the peer to close
+        }
+        let ctx = self.ctx.clone();
+        let mut scratch = ctx.scratch.borrow_mut();
+        let fresh = &mut scratch[..n];
+        if self.pending.is_empty() {
+            let used = self.consume(fresh);
+            if self.phase != Phase::Closing {
+                self.pending.extend_from_slice(&fresh[used..]);
+            }
+        } else {
+            self.pending.extend_from_slice(fresh);
+            let mut pending = std::mem::take(&mut self.pending);
+            let used = self.consume(&mut pending);
+            pending.drain(..used);
+            self.pending = pending;
+        }
+        if self.pending.is_empty() && self.pending.capacity() > SCRATCH_BYTES {
+            self.pending = Vec::new();
+        }
+        if self.phase == Phase::Closing {
+            self.pending = Vec::new();
+        }
+    }
+
+    /// Consumes what it can from `buf`; returns how many bytes.
+    fn consume(&mut self, buf: &mut [u8]) -> usize {
+        let mut used = 0;
+        if self.phase == Phase::Upgrade {
+            match handshake::parse(buf, REQUEST_BYTES_MAX) {
+                Upgrade::Incomplete => return 0,
+                Upgrade::Reject { response } => {
+                    self.reject(response);
+                    return buf.len();
+                }
+                Upgrade::Accept { consumed, response, .. } => {
+                    self.conn.reply(raw_frame(response));
+                    self.phase = Phase::Key;
+                    used = consumed;
+                }
+            }
+        }
+        while self.phase == Phase::Key || self.phase == Phase::Open {
+            let event = match self.decoder.decode(&mut buf[used..]) {
+                Ok(None) => break,
+                Ok(Some((n, event))) => {
+                    used += n;
+                    event
+                }
+                Err(e) => {
+                    log::info!(
+                        "connection {} ({}): protocol error: {}",
+                        self.conn.id,
+                        peer_text(self.peer),
+                        e.reason()
+                    );
+                    self.conn.close(e.close_code(), e.reason());
+                    self.phase = Phase::Closing;
+                    break;
+                }
+            };
+            match event {
+                None | Some(WsEvent::Pong(_)) => {}
+                Some(WsEvent::Ping(payload)) => {
+                    let mut bytes = Vec::with_capacity(payload.len() + 2);
+                    crate::protocol::ws::encode_frame(
+                        crate::protocol::ws::Opcode::Pong,
+                        payload,
+                        &mut bytes,
+                    );
+                    self.conn.reply(raw_frame(bytes));
+                }
+                Some(WsEvent::Close { code, .. }) => {
+                    // Echo the peer's code (RFC 6455 §5.5.1); 1000 when it gave none.
+                    let code = code.map_or(CloseCode::NORMAL, CloseCode);
+                    self.conn.close(code, "");
+                    self.phase = Phase::Closing;
+                }
+                Some(WsEvent::Message { binary, payload }) => {
+                    if self.phase == Phase::Key {
+                        authenticate(&self.ctx, &self.conn, self.peer, payload);
+                        self.phase = if self.conn.is_closing() { Phase::Closing } else { Phase::Open };
+                    } else {
+                        dispatch(&self.ctx, &self.conn, payload, binary, self.ctx.settings.limits);
+                    }
+                }
+            }
+        }
+        used
+    }
+
+    fn reject(&mut self, response: &'static [u8]) {
+        self.conn.reply(raw_frame(response.to_vec()));
+        self.conn.close_silently();
+        self.phase = Phase::Closing;
+    }
+
+    fn peer_text(&self) -> String {
+        peer_text(self.peer)
+    }
+}
+
+fn peer_text(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "unknown peer".to_owned(), |p| p.to_string())
+}
+
+/// The first message: the key.
+fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAddr>, key: &[u8]) {
+    match ctx.keys.role(key) {
+        Some(role) => {
+            conn.role.set(Some(role));
+            conn.reply_text(reply::MM_OK);
+            conn.reply_text(&conn.cid);
+            ctx.shard.borrow_mut().register(conn);
+            let role = if role == Role::Service { "service" } else { "client" };
+            log::debug!("connection {} ({}): authenticated as {role}", conn.id, peer_text(peer));
+        }
+        None => {
+            log::info!("connection {} ({}): bad key", conn.id, peer_text(peer));
+            conn.close(CloseCode::POLICY_VIOLATION, "bad key");
+        }
+    }
+}
+
+/// Every protocol message in one WebSocket message, in order.
+fn dispatch(ctx: &ShardContext, conn: &Rc<Connection>, payload: &[u8], binary: bool, limits: Limits) {
+    let mut shard = ctx.shard.borrow_mut();
+    if payload.is_empty() {
+        return shard.malformed(conn, message::Malformed::Empty.text());
+    }
+    let mut rest = payload;
+    while let Some(parsed) = message::next(rest, limits) {
+        match parsed {
+            Ok((msg, after)) => {
+                shard.handle_message(conn, &msg, binary);
+                rest = after;
+            }
+            Err(e) => {
+                log::debug!("connection {}: malformed message: {}", conn.id, e.text());
+                return shard.malformed(conn, e.text());
+            }
+        }
+    }
+}
+
+fn raw_frame(bytes: Vec<u8>) -> super::outbound::Frame {
+    Rc::new(super::outbound::FrameBytes::Local { bytes, start: 0 })
+}
+
+/// Drains the outbound queue until the connection is closed.
+async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, fd: RawFd) {
+    loop {
+        poll_fn(|cx| {
+            if conn.out.borrow().is_empty() {
+                conn.writer.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        loop {
+            let sent = conn.out.borrow_mut().send_to(fd);
+            match sent {
+                Ok(_) if conn.out.borrow().is_empty() => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The socket is full: let glommio wait for room, and take part of the
+                    // head frame while at it.
+                    let written = poll_fn(|cx| {
+                        let out = conn.out.borrow();
+                        let head = out.head().unwrap_or_default();
+                        Pin::new(&mut *stream.borrow_mut()).poll_write(cx, head)
+                    })
+                    .await;
+                    match written {
+                        Ok(n) => conn.out.borrow_mut().advance(n),
+                        Err(_) => return conn.writer_failed(),
+                    }
+                }
+                Err(_) => return conn.writer_failed(),
+            }
+        }
+        if conn.is_closing() {
+            // Everything up to and including the close frame is out: send FIN, so the peer
+            // sees the end after the close frame.
+            let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
+            conn.writer_finished();
+            return;
+        }
+    }
+}

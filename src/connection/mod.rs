@@ -1,0 +1,232 @@
+//! A connection's shard-local state, shared by its reader task, its writer task and the
+//! shard's routing tables.
+//!
+//! A connection lives its whole life on the shard that accepted it; everything here is
+//! `Rc`/`Cell`/`RefCell`, never shared across threads. The socket I/O is in [`io`]; this file
+//! holds what routing needs: identity, role, `Uid`, the outbound queue and the close state.
+//!
+//! Invariant: once [`Connection::close`] has run, no data frame is queued any more; the close
+//! frame is the last frame the writer sends.
+
+pub mod io;
+pub mod outbound;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::Waker;
+
+use crate::auth::Role;
+use crate::ids::{ConnectionId, CID_LEN};
+use crate::protocol::ws::{self, CloseCode};
+use crate::shard::mailbox::TopicName;
+use outbound::{Frame, FrameBytes, OutQueue, Push};
+
+/// 1006: never sent, only recorded when a connection ends without a close frame of ours.
+const ABNORMAL: CloseCode = CloseCode(1006);
+
+/// What happens to a subscriber whose unsent bytes would pass `--max-pending-bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlowConsumer {
+    /// Close it with 1008 `slow consumer` (the default: at-most-once, like NATS).
+    Disconnect,
+    /// Skip the frame for it and count the drop.
+    Drop,
+}
+
+/// The result of offering a data frame to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Queued,
+    /// Skipped under `--slow-consumer drop`.
+    Dropped,
+    /// This frame made the connection a slow consumer; it is now closing.
+    ClosedSlow,
+    /// The connection was already closing; the frame was ignored.
+    Closing,
+}
+
+/// One authenticated (or authenticating) connection.
+pub struct Connection {
+    pub id: ConnectionId,
+    pub cid: [u8; CID_LEN],
+    pub role: Cell<Option<Role>>,
+    uid: RefCell<Box<[u8]>>,
+    out: RefCell<OutQueue>,
+    /// The writer parks here when the queue is empty.
+    writer: Cell<Option<Waker>>,
+    /// The reader parks here while it waits for the socket; woken when the writer is done.
+    reader: Cell<Option<Waker>>,
+    /// Set once a close frame has been queued: nothing else is queued after it.
+    closing: Cell<Option<CloseCode>>,
+    /// Set by the writer when it has sent everything it ever will (or the socket failed).
+    writer_done: Cell<bool>,
+    /// Requests this connection made that are not answered yet.
+    pub pending_requests: Cell<u32>,
+    /// Topics this connection subscribes to, for the per-connection limit and cleanup.
+    pub topics: RefCell<Vec<TopicName>>,
+    /// Topics this connection answers REQs for (EREQ).
+    pub responder_for: RefCell<Vec<TopicName>>,
+    /// Frames skipped under `--slow-consumer drop`.
+    pub dropped: Cell<u64>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("role", &self.role.get())
+            .field("pending_bytes", &self.pending_bytes())
+            .field("closing", &self.closing.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub fn new(id: ConnectionId) -> Rc<Self> {
+        Rc::new(Self {
+            id,
+            cid: id.encode(),
+            role: Cell::new(None),
+            uid: RefCell::new(Box::default()),
+            out: RefCell::new(OutQueue::default()),
+            writer: Cell::new(None),
+            reader: Cell::new(None),
+            closing: Cell::new(None),
+            writer_done: Cell::new(false),
+            pending_requests: Cell::new(0),
+            topics: RefCell::new(Vec::new()),
+            responder_for: RefCell::new(Vec::new()),
+            dropped: Cell::new(0),
+        })
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.role.get()
+    }
+
+    pub fn is_service(&self) -> bool {
+        self.role.get() == Some(Role::Service)
+    }
+
+    /// Calls `f` with the current `Uid` value (empty until a service sets one).
+    pub fn with_uid<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(&self.uid.borrow())
+    }
+
+    pub fn set_uid(&self, uid: &[u8]) {
+        *self.uid.borrow_mut() = uid.into();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get().is_some()
+    }
+
+    pub fn close_code(&self) -> Option<CloseCode> {
+        self.closing.get()
+    }
+
+    /// Unsent bytes in the outbound queue.
+    pub fn pending_bytes(&self) -> usize {
+        self.out.borrow().bytes()
+    }
+
+    /// Offers a data frame under the slow-consumer policy.
+    pub fn deliver(&self, frame: &Frame, bytes_max: usize, policy: SlowConsumer) -> Delivery {
+        if self.is_closing() {
+            return Delivery::Closing;
+        }
+        let pushed = self.out.borrow_mut().push(frame, bytes_max);
+        match (pushed, policy) {
+            (Push::Queued, _) => {
+                self.wake_writer();
+                Delivery::Queued
+            }
+            (Push::OverBudget, SlowConsumer::Drop) => {
+                self.dropped.set(self.dropped.get() + 1);
+                Delivery::Dropped
+            }
+            (Push::OverBudget, SlowConsumer::Disconnect) => {
+                // Its backlog is lost either way (at-most-once); dropping it now frees the
+                // memory and lets the close frame go out as soon as the socket takes it.
+                self.out.borrow_mut().discard_unstarted();
+                self.close(CloseCode::POLICY_VIOLATION, "slow consumer");
+                Delivery::ClosedSlow
+            }
+        }
+    }
+
+    /// Queues a frame the broker owes this connection whatever its budget (replies, errors,
+    /// pongs): they are bounded by what the peer itself sends.
+    pub fn reply(&self, frame: Frame) {
+        if self.is_closing() {
+            return;
+        }
+        self.out.borrow_mut().push_unbounded(frame);
+        self.wake_writer();
+    }
+
+    /// Queues a text frame holding `payload`.
+    pub fn reply_text(&self, payload: &[u8]) {
+        let mut bytes = Vec::with_capacity(payload.len() + ws::HEADER_BYTES_MAX);
+        ws::encode_frame(ws::Opcode::Text, payload, &mut bytes);
+        self.reply(Rc::new(FrameBytes::Local { bytes, start: 0 }));
+    }
+
+    /// Queues a close frame after what is already queued, and stops queueing anything else.
+    /// Idempotent: the first close wins.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        if self.is_closing() {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(2 + 2 + reason.len());
+        ws::encode_close(code, reason, &mut bytes);
+        self.out
+            .borrow_mut()
+            .push_unbounded(Rc::new(FrameBytes::Local { bytes, start: 0 }));
+        self.closing.set(Some(code));
+        self.wake_writer();
+        self.wake_reader();
+    }
+
+    /// Stops queueing without a close frame: for an HTTP answer before the upgrade.
+    pub fn close_silently(&self) {
+        if self.is_closing() {
+            return;
+        }
+        self.closing.set(Some(ABNORMAL));
+        self.wake_writer();
+        self.wake_reader();
+    }
+
+    /// The writer sent everything, the close frame last, and shut its side of the socket.
+    fn writer_finished(&self) {
+        self.writer_done.set(true);
+        self.wake_reader();
+    }
+
+    /// The socket failed (reset, broken pipe): nothing more can be sent.
+    fn writer_failed(&self) {
+        if self.closing.get().is_none() {
+            self.closing.set(Some(ABNORMAL));
+        }
+        self.out.borrow_mut().discard_unstarted();
+        self.writer_done.set(true);
+        self.wake_reader();
+    }
+
+    fn wake_writer(&self) {
+        if let Some(waker) = self.writer.take() {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn wake_reader(&self) {
+        if let Some(waker) = self.reader.take() {
+            waker.wake();
+        }
+    }
+
+    pub fn writer_done(&self) -> bool {
+        self.writer_done.get()
+    }
+}

@@ -1,0 +1,430 @@
+//! The runtime: shards on glommio executors, their listeners, their loops, and shutdown.
+//!
+//! This is the one module (with `connection::io`) that knows about glommio; a later switch to
+//! a fork of it touches these two files alone.
+//!
+//! Start-up: pick the CPUs (the affinity mask, not sysfs), probe io_uring so a broken setup is
+//! a clear message rather than a panic, resolve port 0 once so every shard binds the same
+//! port, start one executor per shard, and print `listening on ws://ADDR` once all of them
+//! accept. Each shard runs four kinds of task: one accept loop per listener, one task per
+//! connection reader and writer, the mail loop draining its inbox, and a ticker for request
+//! deadlines and backlogged mail.
+//!
+//! Shutdown (SIGTERM/SIGINT): a plain thread mails `Shutdown` to every shard. Each shard stops
+//! accepting, queues a 1001 close frame behind whatever each connection has queued, and waits
+//! for its connections to finish, at most `--drain-timeout`.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpListener;
+use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
+
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::connection::io::{serve, ConnectionSettings, ShardContext, SCRATCH_BYTES};
+use crate::connection::Connection;
+use crate::ids::{ConnectionId, ShardId};
+use crate::protocol::handshake;
+use crate::protocol::message::Limits;
+use crate::shard::mailbox::{mailboxes, Inbox, Mail, Mailboxes};
+use crate::shard::topics::SHARDS_MAX;
+use crate::shard::{Shard, ShardConfig};
+
+/// Mails per inbox. At ~64 bytes a mail this is ~1 MiB per shard; a full inbox pauses the
+/// readers that feed it, it never grows.
+pub const INBOX_CAPACITY: usize = 16 * 1024;
+
+/// Mails handled per turn of the mail loop before it lets connections run.
+const MAIL_BATCH: usize = 512;
+
+/// io_uring memory per executor. It only backs file I/O, which a broker does not do; the
+/// default (10 MiB, three rings) fails under an 8 MiB memlock limit.
+const IO_MEMORY: usize = 256 << 10;
+
+/// How often a shard looks at request deadlines and retries backlogged mail.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Runs the broker until a signal has drained it.
+pub fn run(config: Config) -> Result<(), String> {
+    let (keys, dev_keys) = config.keys()?;
+    if dev_keys {
+        log::warn!(
+            "no keys configured: using the development keys of the original (loopback only)"
+        );
+    }
+    let cpus = allowed_cpus()?;
+    let shards = config.shards.unwrap_or(cpus.len()).clamp(1, SHARDS_MAX);
+    if config.shards.is_some_and(|n| n == 0 || n > SHARDS_MAX) {
+        return Err(format!("--shards must be between 1 and {SHARDS_MAX}"));
+    }
+    probe_io_uring()?;
+    let (listen, port_holders) = resolve_ports(&config.listen)?;
+
+    let (mail, inboxes) = mailboxes(shards, INBOX_CAPACITY);
+    let inboxes: Arc<Mutex<Vec<Option<Inbox>>>> =
+        Arc::new(Mutex::new(inboxes.into_iter().map(Some).collect()));
+    let next_shard = Arc::new(AtomicUsize::new(0));
+    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+
+    let placement = if shards <= cpus.len() {
+        PoolPlacement::MaxSpread(shards, Some(cpu_set(&cpus)?))
+    } else {
+        log::warn!("{shards} shards on {} CPUs: shards will share CPUs", cpus.len());
+        PoolPlacement::Fenced(shards, cpu_set(&cpus)?)
+    };
+    let start = {
+        let config = config.clone();
+        let mail = mail.clone();
+        let listen = listen.clone();
+        move || {
+            let index = next_shard.fetch_add(1, Ordering::SeqCst);
+            let inbox = inboxes.lock().ok().and_then(|mut v| v[index].take());
+            let ready = ready_tx.clone();
+            let setup = ShardSetup {
+                id: ShardId(index as u16),
+                shards,
+                epoch,
+                config,
+                keys,
+                mail,
+                listen,
+            };
+            async move {
+                match inbox {
+                    Some(inbox) => run_shard(setup, inbox, ready).await,
+                    None => {
+                        let _ = ready.send(Err("shard started twice".into()));
+                    }
+                }
+            }
+        }
+    };
+    let pool = LocalExecutorPoolBuilder::new(placement)
+        .io_memory(IO_MEMORY)
+        .on_all_shards(start)
+        .map_err(|e| format!("cannot start {shards} shard executors: {e}"))?;
+
+    for _ in 0..shards {
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown_all(&mail);
+                pool.join_all();
+                return Err(e);
+            }
+            Err(_) => return Err("a shard did not start within 30 s".into()),
+        }
+    }
+    drop(port_holders);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for addr in &listen {
+        let _ = writeln!(out, "listening on ws://{addr}");
+    }
+    let _ = out.flush();
+    drop(out);
+    log::info!(
+        "middleman {} serving {} shard(s) on CPUs {:?}, listening on {:?}",
+        env!("CARGO_PKG_VERSION"),
+        shards,
+        cpus,
+        listen
+    );
+
+    spawn_signal_thread(mail.clone())?;
+    let mut failed = None;
+    for result in pool.join_all() {
+        if let Err(e) = result {
+            failed = Some(format!("a shard failed: {e}"));
+        }
+    }
+    log::info!("shut down");
+    failed.map_or(Ok(()), Err)
+}
+
+/// What a shard's thread starts from.
+struct ShardSetup {
+    id: ShardId,
+    shards: usize,
+    epoch: u32,
+    config: Config,
+    keys: Keys,
+    mail: Mailboxes,
+    listen: Vec<SocketAddr>,
+}
+
+/// The life of one shard.
+async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(), String>>) {
+    let ShardSetup { id, shards, epoch, config, keys, mail, listen } = setup;
+    let limits = Limits { topic_bytes_max: config.topic_bytes_max, headers_max: config.headers_max };
+    let shard_config = ShardConfig {
+        id,
+        shards,
+        pending_bytes_max: config.pending_bytes_max,
+        slow_consumer: config.slow_consumer,
+        request_timeout: (!config.request_timeout.is_zero()).then_some(config.request_timeout),
+        limits,
+        subscriptions_max: config.subscriptions_max,
+        pending_requests_max: config.pending_requests_max,
+    };
+    let ctx = Rc::new(ShardContext {
+        shard: RefCell::new(Shard::new(shard_config, Instant::now())),
+        mailboxes: mail,
+        inbox,
+        inbox_capacity: INBOX_CAPACITY,
+        keys,
+        settings: ConnectionSettings {
+            message_bytes_max: config.message_bytes_max,
+            auth_timeout: config.auth_timeout,
+            close_grace: config.drain_timeout.min(Duration::from_secs(2)),
+            limits,
+        },
+        scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+    });
+    let mut listeners = Vec::with_capacity(listen.len());
+    for addr in &listen {
+        match TcpListener::bind(addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
+                return;
+            }
+        }
+    }
+    let runtime = Rc::new(Runtime {
+        shutdown: Cell::new(false),
+        shutdown_waker: Cell::new(None),
+        live: Cell::new(0),
+        live_max: config.connections_max.div_ceil(shards),
+        next_local: Cell::new(1),
+        epoch,
+    });
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|l| glommio::spawn_local(accept_loop(ctx.clone(), runtime.clone(), l)))
+        .collect();
+    let mail_loop = glommio::spawn_local(mail_loop(ctx.clone(), runtime.clone()));
+    let ticker = glommio::spawn_local(tick_loop(ctx.clone()));
+    let _ = ready.send(Ok(()));
+
+    poll_fn(|cx| {
+        if runtime.shutdown.get() {
+            Poll::Ready(())
+        } else {
+            runtime.shutdown_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
+    })
+    .await;
+
+    // Stop accepting: dropping the accept tasks closes the listeners.
+    drop(accepting);
+    let deadline = Instant::now() + config.drain_timeout;
+    ctx.shard.borrow_mut().close_all();
+    while runtime.live.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if runtime.live.get() > 0 {
+        log::warn!("shard {}: {} connection(s) still open at the drain timeout", id.0, runtime.live.get());
+    }
+    drop(ticker);
+    drop(mail_loop);
+}
+
+/// Shard-local runtime state.
+struct Runtime {
+    shutdown: Cell<bool>,
+    shutdown_waker: Cell<Option<Waker>>,
+    /// Connection tasks alive on this shard, authenticated or not.
+    live: Cell<usize>,
+    live_max: usize,
+    next_local: Cell<u64>,
+    epoch: u32,
+}
+
+async fn accept_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                log::warn!("accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if runtime.live.get() >= runtime.live_max {
+            glommio::spawn_local(async move {
+                let mut stream = stream;
+                let _ = stream.write_all(handshake::SERVICE_UNAVAILABLE).await;
+                let _ = stream.close().await;
+            })
+            .detach();
+            continue;
+        }
+        let local = runtime.next_local.get();
+        runtime.next_local.set(local + 1);
+        let id = ConnectionId { epoch: runtime.epoch, shard: ctx.shard.borrow().id(), local };
+        let conn = Connection::new(id);
+        runtime.live.set(runtime.live.get() + 1);
+        let (ctx, runtime) = (ctx.clone(), runtime.clone());
+        glommio::spawn_local(async move {
+            serve(ctx, stream, conn).await;
+            runtime.live.set(runtime.live.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Drains the inbox in batches for as long as the shard runs.
+async fn mail_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>) {
+    loop {
+        ctx.inbox.ready().await;
+        {
+            let mut shard = ctx.shard.borrow_mut();
+            shard.set_now(Instant::now());
+            for _ in 0..MAIL_BATCH {
+                match ctx.inbox.try_recv() {
+                    Some(mail) => shard.handle_mail(mail),
+                    None => break,
+                }
+            }
+            shard.flush_mail(&ctx.mailboxes);
+            if shard.shutdown_requested && !runtime.shutdown.get() {
+                runtime.shutdown.set(true);
+                if let Some(w) = runtime.shutdown_waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Request deadlines and mail that found an inbox full.
+async fn tick_loop(ctx: Rc<ShardContext>) {
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let mut shard = ctx.shard.borrow_mut();
+        shard.set_now(Instant::now());
+        shard.expire_requests();
+        shard.flush_mail(&ctx.mailboxes);
+    }
+}
+
+fn shutdown_all(mail: &Mailboxes) {
+    for s in 0..mail.shards() {
+        mail.send_blocking(ShardId(s as u16), Mail::Shutdown);
+    }
+}
+
+fn spawn_signal_thread(mail: Mailboxes) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                log::info!("signal {signal}: draining");
+                shutdown_all(&mail);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}
+
+/// The CPUs this process may run on, from the affinity mask (`Cpus_allowed_list`), which
+/// respects cgroup cpusets where sysfs does not.
+fn allowed_cpus() -> Result<Vec<usize>, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .ok_or("no Cpus_allowed_list in /proc/self/status")?;
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (
+            a.trim().parse().map_err(|_| format!("bad CPU list `{list}`"))?,
+            b.trim().parse().map_err(|_| format!("bad CPU list `{list}`"))?,
+        );
+        cpus.extend(a..=b);
+    }
+    if cpus.is_empty() {
+        return Err("the affinity mask allows no CPU".into());
+    }
+    Ok(cpus)
+}
+
+fn cpu_set(cpus: &[usize]) -> Result<CpuSet, String> {
+    let set = CpuSet::online()
+        .map_err(|e| format!("cannot read the CPU topology: {e}"))?
+        .filter(|l| cpus.contains(&l.cpu));
+    Ok(set)
+}
+
+/// Creates and drops one executor, so an io_uring that cannot be set up is reported with its
+/// cause and fix instead of a panic inside a shard.
+fn probe_io_uring() -> Result<(), String> {
+    let made = std::panic::catch_unwind(|| {
+        LocalExecutorBuilder::new(Placement::Unbound).io_memory(IO_MEMORY).make().map(drop)
+    });
+    let why = match made {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "the io_uring set-up panicked".to_owned(),
+    };
+    Err(format!(
+        "cannot set up io_uring ({why}). middleman needs Linux 5.8+ with io_uring enabled: \
+         check `sysctl kernel.io_uring_disabled` (must be 0), that a container's seccomp \
+         profile allows io_uring_setup/io_uring_enter/io_uring_register (Docker: \
+         --security-opt seccomp=<profile allowing them>), and that the memlock limit \
+         (`ulimit -l`) is at least 1024 KiB (raise it in limits.conf or LimitMEMLOCK= in the \
+         systemd unit)"
+    ))
+}
+
+/// Replaces port 0 with a free port, the same for every shard: the shards' listeners all
+/// bind one address with SO_REUSEPORT, and the kernel spreads connections over them.
+/// Returns the addresses and the sockets holding the chosen ports until the shards are bound.
+fn resolve_ports(listen: &[SocketAddr]) -> Result<(Vec<SocketAddr>, Vec<socket2::Socket>), String> {
+    let mut resolved = Vec::with_capacity(listen.len());
+    let mut holders = Vec::new();
+    for addr in listen {
+        if addr.port() != 0 {
+            resolved.push(*addr);
+            continue;
+        }
+        let domain = socket2::Domain::for_address(*addr);
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+            .and_then(|s| {
+                s.set_reuse_port(true)?;
+                s.bind(&(*addr).into())?;
+                Ok(s)
+            })
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        // The socket never listens, so no connection can be queued on it; it only holds
+        // the port while the shards bind.
+        let port = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port())
+            .ok_or_else(|| format!("cannot find the port bound for {addr}"))?;
+        resolved.push(SocketAddr::new(addr.ip(), port));
+        holders.push(socket);
+    }
+    Ok((resolved, holders))
+}

@@ -1,0 +1,715 @@
+//! One shard: the routing state a single core owns, and everything it does with it.
+//!
+//! A `Shard` is sans-IO. Connections hand it parsed messages ([`Shard::handle_message`]),
+//! other shards hand it mail ([`Shard::handle_mail`]), the clock is passed in
+//! ([`Shard::set_now`], [`Shard::expire_requests`]). What it produces is frames queued on its
+//! own connections and mail queued for other shards ([`Shard::flush_mail`]); the runtime in
+//! `server.rs` moves the mail and the bytes. That is what lets the model test drive several
+//! shards in one thread.
+//!
+//! What a shard owns:
+//! - its connections, and for each topic the list of its own subscribers;
+//! - for the topics it owns (see [`topics::Placement`]): the shards with subscribers, the
+//!   responder pool with requests in flight, and which responder each request went to;
+//! - for requests its connections made: the pending entry and its deadline;
+//! - for requests delivered to its connections: who asked, so the RES can find its way back;
+//! - a replica of every grant.
+//!
+//! Architecture invariant: no shard reads another's state. Everything crosses as [`Mail`],
+//! and mail between two shards is handled in the order it was sent, which is what keeps one
+//! publisher's messages in order at every subscriber.
+
+pub mod mailbox;
+pub mod requests;
+pub mod topics;
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+
+use crate::connection::outbound::{Frame, FrameBytes};
+use crate::connection::{Connection, Delivery, SlowConsumer};
+use crate::grants::{Grant, Grants};
+use crate::ids::{ConnectionId, RequestId, ShardId};
+use crate::protocol::message::{self, Command, Message, Sender};
+use crate::protocol::reply::{self, ErrorCode};
+use crate::protocol::ws::{self, CloseCode, Opcode};
+use mailbox::{Mail, Mailboxes, Request, SharedFrame, TopicName};
+use requests::{Assigned, Pending, Pools};
+use topics::{each_shard, Interest, LocalSubscriptions, Placement};
+
+/// The settings a shard routes by (from the command line).
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub id: ShardId,
+    pub shards: usize,
+    pub pending_bytes_max: usize,
+    pub slow_consumer: SlowConsumer,
+    /// `None`: requests never time out.
+    pub request_timeout: Option<Duration>,
+    pub limits: message::Limits,
+    pub subscriptions_max: usize,
+    pub pending_requests_max: u32,
+}
+
+/// Counters, plain integers owned by the shard; summed across shards only when read.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub messages_in: u64,
+    pub deliveries: u64,
+    pub dropped: u64,
+    pub slow_consumer_closes: u64,
+    pub errors: u64,
+    pub request_timeouts: u64,
+    pub mail_backlogged: u64,
+}
+
+/// One core's share of the broker.
+pub struct Shard {
+    config: ShardConfig,
+    placement: Placement,
+    now: Instant,
+    connections: AHashMap<u64, Rc<Connection>>,
+    subscriptions: LocalSubscriptions,
+    interest: Interest,
+    grants: Grants,
+    pools: Pools,
+    /// Requests this shard's connections made, by rid.
+    pending: AHashMap<RequestId, Pending>,
+    /// Deadlines in the order they were set; with one timeout for all they are sorted.
+    deadlines: VecDeque<(Instant, RequestId)>,
+    /// Requests delivered to this shard's connections, by rid.
+    assigned: AHashMap<RequestId, Assigned>,
+    next_request: u64,
+    /// Mail not yet handed to its destination's inbox, per destination.
+    outgoing: Vec<VecDeque<Mail>>,
+    /// Scratch for WebSocket headers, so encoding does not allocate.
+    header: Vec<u8>,
+    pub stats: Stats,
+    pub shutdown_requested: bool,
+}
+
+impl Shard {
+    pub fn new(config: ShardConfig, now: Instant) -> Self {
+        let placement = Placement::new(config.shards);
+        let outgoing = (0..config.shards).map(|_| VecDeque::new()).collect();
+        Self {
+            config,
+            placement,
+            now,
+            connections: AHashMap::new(),
+            subscriptions: LocalSubscriptions::default(),
+            interest: Interest::default(),
+            grants: Grants::default(),
+            pools: Pools::default(),
+            pending: AHashMap::new(),
+            deadlines: VecDeque::new(),
+            assigned: AHashMap::new(),
+            next_request: 1,
+            outgoing,
+            header: Vec::with_capacity(ws::HEADER_BYTES_MAX),
+            stats: Stats::default(),
+            shutdown_requested: false,
+        }
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.config.id
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    pub fn connections(&self) -> impl Iterator<Item = &Rc<Connection>> {
+        self.connections.values()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.subscriptions.topics()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Connections arriving and leaving.
+
+    /// Registers an authenticated connection and subscribes it to `MSG:<cid>`.
+    pub fn register(&mut self, conn: &Rc<Connection>) {
+        debug_assert_eq!(conn.id.shard, self.id());
+        self.connections.insert(conn.id.local, conn.clone());
+        let mut topic = Vec::with_capacity(4 + conn.cid.len());
+        topic.extend_from_slice(b"MSG:");
+        topic.extend_from_slice(&conn.cid);
+        self.subscribe(conn, &topic);
+    }
+
+    /// Forgets a connection: its subscriptions, its responder registrations, the requests
+    /// delivered to it (their requesters get `responder-lost`) and the requests it made.
+    pub fn disconnect(&mut self, conn: &Rc<Connection>) {
+        if self.connections.remove(&conn.id.local).is_none() {
+            return;
+        }
+        let topics = std::mem::take(&mut *conn.topics.borrow_mut());
+        for topic in topics {
+            if let (_, Some(emptied)) = self.subscriptions.remove(&topic, conn) {
+                self.tell_owner_interest(emptied, false);
+            }
+        }
+        let lost: Vec<RequestId> = self
+            .assigned
+            .iter()
+            .filter(|(_, a)| a.responder == conn.id.local)
+            .map(|(rid, _)| *rid)
+            .collect();
+        for rid in lost {
+            if let Some(a) = self.assigned.remove(&rid) {
+                self.send(a.owner, Mail::Done { rid });
+                if !a.abandoned {
+                    self.send(a.requester.shard, Mail::Failed { rid, code: ErrorCode::ResponderLost });
+                }
+            }
+        }
+        let registrations = std::mem::take(&mut *conn.responder_for.borrow_mut());
+        for topic in registrations {
+            let owner = self.placement.owner(&topic);
+            self.send(owner, Mail::Unregister { topic, responder: conn.id });
+        }
+        let mine: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.conn == conn.id.local)
+            .map(|(rid, _)| *rid)
+            .collect();
+        for rid in mine {
+            if let Some(p) = self.pending.remove(&rid) {
+                self.send(p.owner, Mail::Forget { rid, timed_out: false });
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Messages from this shard's connections.
+
+    /// Carries out one message from `conn` (already authenticated).
+    pub fn handle_message(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
+        self.stats.messages_in += 1;
+        let Some(command) = msg.command else {
+            return self.error(conn, ErrorCode::UnknownCommand, msg.word, msg.target, None);
+        };
+        if let Some(grant) = Grant::needed_for(command) {
+            if !conn.is_service() && !self.grants.allows(grant, msg.target) {
+                let req_id = if command == Command::Req { msg.header("ReqID") } else { None };
+                return self.error(conn, ErrorCode::NotTrusted, msg.word, msg.target, req_id);
+            }
+        }
+        match command {
+            Command::Sub => self.handle_sub(conn, msg.target),
+            Command::Uns => self.unsubscribe(conn, msg.target),
+            Command::Pub => self.publish(conn, msg, binary),
+            Command::Req => self.request(conn, msg, binary),
+            Command::Res => self.respond(conn, msg, binary),
+            Command::Epub | Command::Esub | Command::Ereq => self.grant(conn, command, msg.target),
+            Command::Int => self.interpose(conn, msg),
+        }
+    }
+
+    /// Answers a message that could not be parsed.
+    pub fn malformed(&mut self, conn: &Rc<Connection>, what: &str) {
+        self.error(conn, ErrorCode::Malformed, what.as_bytes(), b"", None);
+    }
+
+    fn handle_sub(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
+        if conn.topics.borrow().len() >= self.config.subscriptions_max
+            && !conn.topics.borrow().iter().any(|t| **t == *topic)
+        {
+            return self.limit(conn, "subscriptions", b"SUB", topic, None);
+        }
+        self.subscribe(conn, topic);
+    }
+
+    fn subscribe(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
+        let (added, first) = self.subscriptions.add(topic, conn);
+        if !added {
+            return;
+        }
+        let name = match first {
+            Some(name) => {
+                self.tell_owner_interest(name.clone(), true);
+                name
+            }
+            None => topic.into(),
+        };
+        conn.topics.borrow_mut().push(name);
+    }
+
+    fn unsubscribe(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
+        let (removed, emptied) = self.subscriptions.remove(topic, conn);
+        if !removed {
+            return;
+        }
+        let mut topics = conn.topics.borrow_mut();
+        if let Some(i) = topics.iter().position(|t| **t == *topic) {
+            topics.swap_remove(i);
+        }
+        drop(topics);
+        if let Some(name) = emptied {
+            self.tell_owner_interest(name, false);
+        }
+    }
+
+    fn tell_owner_interest(&mut self, topic: TopicName, subscribed: bool) {
+        let owner = self.placement.owner(&topic);
+        if owner != self.id() {
+            let shard = self.id();
+            self.send(owner, Mail::Interest { topic, shard, subscribed });
+        }
+    }
+
+    fn publish(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
+        let owner = self.placement.owner(msg.target);
+        let remote = owner != self.id() || self.interest.shards(msg.target) != 0;
+        let frame = conn.with_uid(|uid| {
+            let sender = Sender { cid: &conn.cid, uid };
+            self.encode(binary, msg, |out| message::write_relay(msg, sender, None, None, out))
+        });
+        if !remote {
+            // Nobody on another shard: skip the shared allocation.
+            let (bytes, start, _) = frame;
+            let frame = Rc::new(FrameBytes::Local { bytes, start });
+            return self.deliver_local(msg.target, &frame);
+        }
+        let shared = share(frame);
+        if owner == self.id() {
+            self.fan_out(shared);
+        } else {
+            self.send(owner, Mail::Publish(shared));
+        }
+    }
+
+    /// At the owner: forward to every interested shard, then deliver here.
+    fn fan_out(&mut self, frame: SharedFrame) {
+        let me = self.id();
+        for shard in each_shard(self.interest.shards(frame.topic())) {
+            if shard != me {
+                self.send(shard, Mail::Deliver(frame.clone()));
+            }
+        }
+        self.deliver_shared(frame);
+    }
+
+    fn deliver_shared(&mut self, frame: SharedFrame) {
+        if self.subscriptions.get(frame.topic()).is_empty() {
+            return;
+        }
+        let local = Rc::new(FrameBytes::Shared {
+            start: frame.start as usize,
+            bytes: frame.bytes.clone(),
+        });
+        self.deliver_local(frame.topic(), &local);
+    }
+
+    /// The hot loop: one encoded frame, a handle pushed to each local subscriber.
+    fn deliver_local(&mut self, topic: &[u8], frame: &Frame) {
+        let max = self.config.pending_bytes_max;
+        let policy = self.config.slow_consumer;
+        for conn in self.subscriptions.get(topic) {
+            match conn.deliver(frame, max, policy) {
+                Delivery::Queued => self.stats.deliveries += 1,
+                Delivery::Dropped => self.stats.dropped += 1,
+                Delivery::ClosedSlow => {
+                    self.stats.slow_consumer_closes += 1;
+                    log::warn!(
+                        "connection {} closed: slow consumer (over {} pending bytes)",
+                        conn.id,
+                        max
+                    );
+                }
+                Delivery::Closing => {}
+            }
+        }
+    }
+
+    fn request(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
+        let req_id = msg.header("ReqID");
+        if conn.pending_requests.get() >= self.config.pending_requests_max {
+            return self.limit(conn, "pending requests", b"REQ", msg.target, req_id);
+        }
+        let rid = RequestId::new(self.next_request, self.id(), self.config.shards);
+        self.next_request += 1;
+        let frame = conn.with_uid(|uid| {
+            let sender = Sender { cid: &conn.cid, uid };
+            self.encode(binary, msg, |out| message::write_relay(msg, sender, None, Some(rid.0), out))
+        });
+        let owner = self.placement.owner(msg.target);
+        self.pending.insert(
+            rid,
+            Pending {
+                conn: conn.id.local,
+                topic: msg.target.into(),
+                req_id: req_id.map(Into::into),
+                owner,
+            },
+        );
+        conn.pending_requests.set(conn.pending_requests.get() + 1);
+        if let Some(timeout) = self.config.request_timeout {
+            self.deadlines.push_back((self.now + timeout, rid));
+        }
+        let request = Box::new(Request {
+            rid,
+            requester: conn.id,
+            frame: share(frame),
+            req_id: req_id.map(Into::into),
+        });
+        self.route_request(owner, request);
+    }
+
+    fn route_request(&mut self, owner: ShardId, request: Box<Request>) {
+        self.send(owner, Mail::Request(request));
+    }
+
+    /// At the owner: fewest in flight, round-robin among equals.
+    fn pick_responder(&mut self, request: Box<Request>) {
+        let rid = request.rid;
+        match self.pools.pick(request.frame.topic(), rid) {
+            Some(responder) => {
+                let owner = self.id();
+                self.send(responder.shard, Mail::Assign { request, responder, owner });
+            }
+            None => {
+                let to = request.requester.shard;
+                self.send(to, Mail::Failed { rid, code: ErrorCode::NoResponder });
+            }
+        }
+    }
+
+    /// At the responder's shard: hand the REQ to its connection.
+    fn assign(&mut self, request: Box<Request>, responder: ConnectionId, owner: ShardId) {
+        let rid = request.rid;
+        let Some(conn) = self.connections.get(&responder.local).cloned() else {
+            self.send(owner, Mail::Done { rid });
+            let to = request.requester.shard;
+            return self.send(to, Mail::Failed { rid, code: ErrorCode::ResponderLost });
+        };
+        let Request { requester, frame, req_id, .. } = *request;
+        self.assigned.insert(
+            rid,
+            Assigned { requester, responder: responder.local, owner, req_id, abandoned: false },
+        );
+        let frame = Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes });
+        // A REQ is owed to the responder like a reply: it is bounded by the requesters'
+        // pending-request limits, and dropping it would leave a requester waiting.
+        conn.reply(frame);
+    }
+
+    fn respond(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
+        let Some(rid_text) = msg.header("Rid") else {
+            return self.malformed(conn, "RES without a Rid header");
+        };
+        let known = RequestId::parse(rid_text)
+            .filter(|rid| self.assigned.get(rid).is_some_and(|a| a.responder == conn.id.local));
+        let Some(rid) = known else {
+            return self.error(conn, ErrorCode::NoRequest, b"RES", msg.target, None);
+        };
+        let Some(assigned) = self.assigned.remove(&rid) else {
+            return;
+        };
+        self.send(assigned.owner, Mail::Done { rid });
+        if assigned.abandoned {
+            return;
+        }
+        let frame = conn.with_uid(|uid| {
+            let sender = Sender { cid: &conn.cid, uid };
+            let req_id = assigned.req_id.as_deref();
+            self.encode(binary, msg, |out| message::write_relay(msg, sender, req_id, None, out))
+        });
+        let to = assigned.requester.shard;
+        if to == self.id() {
+            let (bytes, start, _) = frame;
+            self.complete(rid, Rc::new(FrameBytes::Local { bytes, start }));
+        } else {
+            self.send(to, Mail::Response { rid, frame: share(frame) });
+        }
+    }
+
+    /// At the requester's shard: the answer arrived.
+    fn complete(&mut self, rid: RequestId, frame: Frame) {
+        let Some(pending) = self.pending.remove(&rid) else {
+            return; // timed out, or the requester left: dropped silently.
+        };
+        if let Some(conn) = self.connections.get(&pending.conn) {
+            conn.pending_requests.set(conn.pending_requests.get() - 1);
+            conn.reply(frame);
+        }
+    }
+
+    /// At the requester's shard: the request failed.
+    fn fail(&mut self, rid: RequestId, code: ErrorCode) {
+        let Some(pending) = self.pending.remove(&rid) else {
+            return;
+        };
+        if let Some(conn) = self.connections.get(&pending.conn).cloned() {
+            conn.pending_requests.set(conn.pending_requests.get() - 1);
+            self.error(&conn, code, b"REQ", &pending.topic, pending.req_id.as_deref());
+        }
+    }
+
+    fn grant(&mut self, conn: &Rc<Connection>, command: Command, topic: &[u8]) {
+        if !conn.is_service() {
+            return self.error(conn, ErrorCode::NotTrusted, command.as_str().as_bytes(), topic, None);
+        }
+        let grant = Grant::given_by(command).expect("only EPUB, ESUB and EREQ get here");
+        self.grants.insert(grant, topic);
+        let name: TopicName = topic.into();
+        let me = self.id();
+        for s in 0..self.config.shards {
+            let shard = ShardId(s as u16);
+            if shard != me {
+                self.send(shard, Mail::Grant { grant, topic: name.clone() });
+            }
+        }
+        if command == Command::Ereq && !conn.responder_for.borrow().iter().any(|t| **t == *topic) {
+            conn.responder_for.borrow_mut().push(name.clone());
+            let owner = self.placement.owner(topic);
+            let responder = conn.id;
+            self.send(owner, Mail::Register { topic: name, responder });
+        }
+    }
+
+    /// `INT UID` with `forcid` and `setuid`.
+    fn interpose(&mut self, conn: &Rc<Connection>, msg: &Message<'_>) {
+        if !conn.is_service() {
+            return self.error(conn, ErrorCode::NotTrusted, b"INT", msg.target, None);
+        }
+        if msg.target != b"UID" {
+            return self.error(conn, ErrorCode::UnknownCommand, b"INT", msg.target, None);
+        }
+        let (Some(forcid), Some(uid)) = (msg.header("forcid"), msg.header("setuid")) else {
+            return self.malformed(conn, "INT UID needs forcid and setuid headers");
+        };
+        let target = ConnectionId::parse(forcid).filter(|c| c.shard.index() < self.config.shards);
+        let Some(target) = target else {
+            return self.error(conn, ErrorCode::NoConnection, b"INT", b"UID", None);
+        };
+        if target.shard == self.id() {
+            self.set_uid(target, uid, conn.id);
+        } else {
+            self.send(target.shard, Mail::SetUid { target, uid: uid.into(), from: conn.id });
+        }
+    }
+
+    fn set_uid(&mut self, target: ConnectionId, uid: &[u8], from: ConnectionId) {
+        match self.connections.get(&target.local).filter(|c| c.id == target) {
+            Some(conn) => conn.set_uid(uid),
+            None => {
+                let mut payload = Vec::with_capacity(96);
+                let mut text = Vec::with_capacity(32);
+                reply::write_error_text(ErrorCode::NoConnection, b"INT", b"UID", &mut text);
+                reply::write_error(ErrorCode::NoConnection, None, &text, &mut payload);
+                self.stats.errors += 1;
+                if from.shard == self.id() {
+                    if let Some(c) = self.connections.get(&from.local) {
+                        c.reply_text(&payload);
+                    }
+                } else {
+                    let (bytes, start) = self.frame(Opcode::Text, |out| out.extend_from_slice(&payload));
+                    let frame = SharedFrame { bytes: Arc::new(bytes), start: start as u32, topic: 0..0 };
+                    self.send(from.shard, Mail::Direct { to: from, frame });
+                }
+            }
+        }
+    }
+
+    fn error(
+        &mut self,
+        conn: &Rc<Connection>,
+        code: ErrorCode,
+        command: &[u8],
+        target: &[u8],
+        req_id: Option<&[u8]>,
+    ) {
+        self.stats.errors += 1;
+        let mut text = Vec::with_capacity(command.len() + target.len() + 40);
+        reply::write_error_text(code, command, target, &mut text);
+        let mut payload = Vec::with_capacity(text.len() + 64);
+        reply::write_error(code, req_id, &text, &mut payload);
+        conn.reply_text(&payload);
+    }
+
+    fn limit(
+        &mut self,
+        conn: &Rc<Connection>,
+        which: &str,
+        command: &[u8],
+        target: &[u8],
+        req_id: Option<&[u8]>,
+    ) {
+        let mut what = Vec::with_capacity(which.len() + 1 + command.len());
+        what.extend_from_slice(which.as_bytes());
+        what.push(b' ');
+        what.extend_from_slice(command);
+        self.error(conn, ErrorCode::Limit, &what, target, req_id);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Mail from other shards.
+
+    pub fn handle_mail(&mut self, mail: Mail) {
+        match mail {
+            Mail::Publish(frame) => self.fan_out(frame),
+            Mail::Deliver(frame) => self.deliver_shared(frame),
+            Mail::Interest { topic, shard, subscribed } => self.interest.set(topic, shard, subscribed),
+            Mail::Grant { grant, topic } => self.grants.insert(grant, &topic),
+            Mail::Register { topic, responder } => self.pools.register(topic, responder),
+            Mail::Unregister { topic, responder } => self.pools.unregister(&topic, responder),
+            Mail::Request(request) => self.pick_responder(request),
+            Mail::Assign { request, responder, owner } => self.assign(request, responder, owner),
+            Mail::Failed { rid, code } => self.fail(rid, code),
+            Mail::Response { rid, frame } => {
+                let frame = Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes });
+                self.complete(rid, frame);
+            }
+            Mail::Done { rid } => self.pools.done(rid),
+            Mail::Forget { rid, timed_out } => self.forget(rid, timed_out),
+            Mail::SetUid { target, uid, from } => self.set_uid(target, &uid, from),
+            Mail::Direct { to, frame } => {
+                if let Some(conn) = self.connections.get(&to.local).filter(|c| c.id == to) {
+                    conn.reply(Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes }));
+                }
+            }
+            Mail::Shutdown => self.shutdown_requested = true,
+        }
+    }
+
+    /// At the owner, then at the responder's shard.
+    fn forget(&mut self, rid: RequestId, timed_out: bool) {
+        if let Some(a) = self.assigned.get_mut(&rid) {
+            // At the responder's shard (which may also be the owner, handled below).
+            if timed_out {
+                self.assigned.remove(&rid);
+            } else {
+                a.abandoned = true;
+            }
+        }
+        if let Some(responder) = self.pools.route_of(rid) {
+            if timed_out {
+                self.pools.done(rid);
+            }
+            if responder.shard != self.id() {
+                self.send(responder.shard, Mail::Forget { rid, timed_out });
+            }
+        }
+    }
+
+    /// Fails every request whose deadline has passed with `timeout`.
+    pub fn expire_requests(&mut self) {
+        while let Some(&(deadline, rid)) = self.deadlines.front() {
+            if deadline > self.now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let Some(owner) = self.pending.get(&rid).map(|p| p.owner) else {
+                continue; // answered already
+            };
+            self.stats.request_timeouts += 1;
+            self.fail(rid, ErrorCode::Timeout);
+            self.send(owner, Mail::Forget { rid, timed_out: true });
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Mail out.
+
+    /// Sends mail to a shard; mail to this shard is handled at once.
+    fn send(&mut self, to: ShardId, mail: Mail) {
+        if to == self.id() {
+            self.handle_mail(mail);
+        } else {
+            self.outgoing[to.index()].push_back(mail);
+        }
+    }
+
+    /// Hands queued mail to the destination inboxes, waking each destination once. Mail an
+    /// inbox has no room for stays queued, in order; returns whether any is left.
+    pub fn flush_mail(&mut self, mailboxes: &Mailboxes) -> bool {
+        let mut left = false;
+        for (i, queue) in self.outgoing.iter_mut().enumerate() {
+            if queue.is_empty() {
+                continue;
+            }
+            let to = ShardId(i as u16);
+            while let Some(mail) = queue.pop_front() {
+                if let Err(mail) = mailboxes.try_send(to, mail) {
+                    queue.push_front(mail);
+                    self.stats.mail_backlogged += 1;
+                    left = true;
+                    break;
+                }
+            }
+            mailboxes.wake(to);
+        }
+        left
+    }
+
+    /// Takes the queued mail for `to` (for tests that move mail themselves).
+    pub fn take_mail(&mut self, to: ShardId) -> VecDeque<Mail> {
+        std::mem::take(&mut self.outgoing[to.index()])
+    }
+
+    pub fn has_backlog(&self) -> bool {
+        self.outgoing.iter().any(|q| !q.is_empty())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Encoding.
+
+    /// Encodes one server frame: `write` appends the payload; returns the buffer and where
+    /// the frame starts in it (header room is reserved up front and the unused part skipped).
+    fn frame(&mut self, opcode: Opcode, write: impl FnOnce(&mut Vec<u8>)) -> (Vec<u8>, usize) {
+        let room = ws::HEADER_BYTES_MAX;
+        let mut bytes = Vec::with_capacity(256);
+        bytes.resize(room, 0);
+        write(&mut bytes);
+        let len = bytes.len() - room;
+        self.header.clear();
+        ws::encode_header(opcode, len, &mut self.header);
+        let start = room - self.header.len();
+        bytes[start..room].copy_from_slice(&self.header);
+        (bytes, start)
+    }
+
+    /// Encodes a relayed message; also returns where its topic is.
+    fn encode(
+        &mut self,
+        binary: bool,
+        msg: &Message<'_>,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> (Vec<u8>, usize, std::ops::Range<u32>) {
+        let opcode = if binary { Opcode::Binary } else { Opcode::Text };
+        let (bytes, start) = self.frame(opcode, write);
+        let topic_start = ws::HEADER_BYTES_MAX + msg.word.len() + 1;
+        let topic = topic_start as u32..(topic_start + msg.target.len()) as u32;
+        debug_assert_eq!(&bytes[topic.start as usize..topic.end as usize], msg.target);
+        (bytes, start, topic)
+    }
+
+    /// Closes every connection with 1001 `going away`, after what is queued for it.
+    pub fn close_all(&mut self) {
+        for conn in self.connections.values() {
+            conn.close(CloseCode::GOING_AWAY, "going away");
+        }
+    }
+}
+
+fn share((bytes, start, topic): (Vec<u8>, usize, std::ops::Range<u32>)) -> SharedFrame {
+    SharedFrame { bytes: Arc::new(bytes), start: start as u32, topic }
+}
