@@ -73,13 +73,18 @@ pub fn run(config: Config) -> Result<(), String> {
     let inboxes: Arc<Mutex<Vec<Option<Inbox>>>> =
         Arc::new(Mutex::new(inboxes.into_iter().map(Some).collect()));
     let next_shard = Arc::new(AtomicUsize::new(0));
-    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
 
     let placement = if shards <= cpus.len() {
         PoolPlacement::MaxSpread(shards, Some(cpu_set(&cpus)?))
     } else {
-        log::warn!("{shards} shards on {} CPUs: shards will share CPUs", cpus.len());
+        log::warn!(
+            "{shards} shards on {} CPUs: shards will share CPUs",
+            cpus.len()
+        );
         PoolPlacement::Fenced(shards, cpu_set(&cpus)?)
     };
     let start = {
@@ -165,8 +170,19 @@ struct ShardSetup {
 
 /// The life of one shard.
 async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(), String>>) {
-    let ShardSetup { id, shards, epoch, config, keys, mail, listen } = setup;
-    let limits = Limits { topic_bytes_max: config.topic_bytes_max, headers_max: config.headers_max };
+    let ShardSetup {
+        id,
+        shards,
+        epoch,
+        config,
+        keys,
+        mail,
+        listen,
+    } = setup;
+    let limits = Limits {
+        topic_bytes_max: config.topic_bytes_max,
+        headers_max: config.headers_max,
+    };
     let shard_config = ShardConfig {
         id,
         shards,
@@ -235,7 +251,11 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     if runtime.live.get() > 0 {
-        log::warn!("shard {}: {} connection(s) still open at the drain timeout", id.0, runtime.live.get());
+        log::warn!(
+            "shard {}: {} connection(s) still open at the drain timeout",
+            id.0,
+            runtime.live.get()
+        );
     }
     drop(ticker);
     drop(mail_loop);
@@ -274,7 +294,11 @@ async fn accept_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>, listener: TcpL
         }
         let local = runtime.next_local.get();
         runtime.next_local.set(local + 1);
-        let id = ConnectionId { epoch: runtime.epoch, shard: ctx.shard.borrow().id(), local };
+        let id = ConnectionId {
+            epoch: runtime.epoch,
+            shard: ctx.shard.borrow().id(),
+            local,
+        };
         let conn = Connection::new(id);
         runtime.live.set(runtime.live.get() + 1);
         let (ctx, runtime) = (ctx.clone(), runtime.clone());
@@ -357,8 +381,12 @@ fn allowed_cpus() -> Result<Vec<usize>, String> {
     for part in list.trim().split(',').filter(|p| !p.is_empty()) {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
         let (a, b): (usize, usize) = (
-            a.trim().parse().map_err(|_| format!("bad CPU list `{list}`"))?,
-            b.trim().parse().map_err(|_| format!("bad CPU list `{list}`"))?,
+            a.trim()
+                .parse()
+                .map_err(|_| format!("bad CPU list `{list}`"))?,
+            b.trim()
+                .parse()
+                .map_err(|_| format!("bad CPU list `{list}`"))?,
         );
         cpus.extend(a..=b);
     }
@@ -379,7 +407,10 @@ fn cpu_set(cpus: &[usize]) -> Result<CpuSet, String> {
 /// cause and fix instead of a panic inside a shard.
 fn probe_io_uring() -> Result<(), String> {
     let made = std::panic::catch_unwind(|| {
-        LocalExecutorBuilder::new(Placement::Unbound).io_memory(IO_MEMORY).make().map(drop)
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(IO_MEMORY)
+            .make()
+            .map(drop)
     });
     let why = match made {
         Ok(Ok(())) => return Ok(()),

@@ -145,7 +145,11 @@ impl Reader {
                 Read::Bytes(n) => self.on_bytes(n),
                 Read::Closing => self.phase = Phase::Closing,
                 Read::TimedOut if self.phase == Phase::Key => {
-                    log::info!("connection {} ({}): auth timeout", self.conn.id, self.peer_text());
+                    log::info!(
+                        "connection {} ({}): auth timeout",
+                        self.conn.id,
+                        self.peer_text()
+                    );
                     self.conn.close(CloseCode::POLICY_VIOLATION, "auth timeout");
                     self.phase = Phase::Closing;
                 }
@@ -240,7 +244,9 @@ impl Reader {
                     self.reject(response);
                     return buf.len();
                 }
-                Upgrade::Accept { consumed, response, .. } => {
+                Upgrade::Accept {
+                    consumed, response, ..
+                } => {
                     self.conn.reply(raw_frame(response));
                     self.phase = Phase::Key;
                     used = consumed;
@@ -286,9 +292,19 @@ impl Reader {
                 Some(WsEvent::Message { binary, payload }) => {
                     if self.phase == Phase::Key {
                         authenticate(&self.ctx, &self.conn, self.peer, payload);
-                        self.phase = if self.conn.is_closing() { Phase::Closing } else { Phase::Open };
+                        self.phase = if self.conn.is_closing() {
+                            Phase::Closing
+                        } else {
+                            Phase::Open
+                        };
                     } else {
-                        dispatch(&self.ctx, &self.conn, payload, binary, self.ctx.settings.limits);
+                        dispatch(
+                            &self.ctx,
+                            &self.conn,
+                            payload,
+                            binary,
+                            self.ctx.settings.limits,
+                        );
                     }
                 }
             }
@@ -319,8 +335,16 @@ fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAd
             conn.reply_text(reply::MM_OK);
             conn.reply_text(&conn.cid);
             ctx.shard.borrow_mut().register(conn);
-            let role = if role == Role::Service { "service" } else { "client" };
-            log::debug!("connection {} ({}): authenticated as {role}", conn.id, peer_text(peer));
+            let role = if role == Role::Service {
+                "service"
+            } else {
+                "client"
+            };
+            log::debug!(
+                "connection {} ({}): authenticated as {role}",
+                conn.id,
+                peer_text(peer)
+            );
         }
         None => {
             log::info!("connection {} ({}): bad key", conn.id, peer_text(peer));
@@ -330,7 +354,13 @@ fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAd
 }
 
 /// Every protocol message in one WebSocket message, in order.
-fn dispatch(ctx: &ShardContext, conn: &Rc<Connection>, payload: &[u8], binary: bool, limits: Limits) {
+fn dispatch(
+    ctx: &ShardContext,
+    conn: &Rc<Connection>,
+    payload: &[u8],
+    binary: bool,
+    limits: Limits,
+) {
     let mut shard = ctx.shard.borrow_mut();
     if payload.is_empty() {
         return shard.malformed(conn, message::Malformed::Empty.text());

@@ -226,6 +226,30 @@ impl Connection {
         }
     }
 
+    /// Empties the outbound queue as if it had been written, returning how many frames it
+    /// held. For running a shard without sockets (tests, benchmarks); does not allocate.
+    pub fn drain_queued(&self) -> usize {
+        let mut out = self.out.borrow_mut();
+        let mut frames = 0;
+        while let Some(len) = out.head().map(<[u8]>::len) {
+            out.advance(len);
+            frames += 1;
+        }
+        frames
+    }
+
+    /// Copies out the queued frames and empties the queue. For tests.
+    pub fn take_queued(&self) -> Vec<Vec<u8>> {
+        let mut out = self.out.borrow_mut();
+        let mut frames = Vec::new();
+        while let Some(head) = out.head() {
+            let len = head.len();
+            frames.push(head.to_vec());
+            out.advance(len);
+        }
+        frames
+    }
+
     pub fn writer_done(&self) -> bool {
         self.writer_done.get()
     }

@@ -53,13 +53,13 @@ impl CloseCode {
 
     /// May this code appear in a close frame on the wire (RFC 6455 section 7.4)?
     ///
-    /// Allowed: the codes RFC 6455 defines for use on the wire (1000-1003, 1007-1011) and the
-    /// ranges for registered and private use (3000-4999). Refused: below 1000, 1004 (reserved),
-    /// 1005, 1006 and 1015 (which only stand for "no close frame" in APIs), 1012-1014 (not
-    /// assigned by RFC 6455; tungstenite accepts 1012 and 1013), 1016-2999 (reserved for
-    /// future revisions) and 5000 and above.
+    /// Allowed: the codes RFC 6455 defines for use on the wire (1000-1003, 1007-1011), the
+    /// IANA-registered 1012-1014 (service restart, try again later, bad gateway: servers and
+    /// proxies send them) and the ranges for registered and private use (3000-4999). Refused:
+    /// below 1000, 1004 (reserved), 1005, 1006 and 1015 (which only stand for "no close frame"
+    /// in APIs), 1016-2999 (reserved for future revisions) and 5000 and above.
     pub const fn is_allowed(self) -> bool {
-        matches!(self.0, 1000..=1003 | 1007..=1011 | 3000..=4999)
+        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
 }
 
@@ -774,9 +774,7 @@ mod tests {
         let input = frame(FIN | CLOSE, &[0x03]);
         assert_eq!(first_error(MAX, &input), WsError::InvalidClosePayload);
 
-        let refused = [
-            0, 1, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999,
-        ];
+        let refused = [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999];
         for code in refused.into_iter().chain([5000, u16::MAX]) {
             assert!(!CloseCode(code).is_allowed(), "{code}");
             assert_eq!(
