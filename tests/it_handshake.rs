@@ -18,7 +18,11 @@ fn assert_cid_shape(cid: &str) {
         "cid {cid:?} has characters outside 0-9a-v"
     );
     let id = ConnectionId::parse(cid.as_bytes()).expect("cid parses");
-    assert!(id.shard.0 < 2, "cid {cid:?} names shard {} of 2", id.shard.0);
+    assert!(
+        id.shard.0 < 2,
+        "cid {cid:?} names shard {} of 2",
+        id.shard.0
+    );
 }
 
 #[test]
@@ -138,7 +142,13 @@ fn every_configured_service_and_client_key_is_accepted_with_its_role() {
 #[test]
 fn upgrade_is_accepted_on_any_path() {
     let server = Server::start(&[]);
-    for path in ["/", "/ws", "/middleman/v1", "/a/b/c?x=1&y=two", "/%20spaced"] {
+    for path in [
+        "/",
+        "/ws",
+        "/middleman/v1",
+        "/a/b/c?x=1&y=two",
+        "/%20spaced",
+    ] {
         let mut c = server
             .try_connect_path(SERVICE_KEY, path)
             .unwrap_or_else(|e| panic!("path {path:?}: {e}"));
@@ -163,7 +173,10 @@ fn plain_http_request_gets_400() {
 #[test]
 fn garbage_instead_of_http_does_not_hurt_the_server() {
     let mut server = Server::start(&[]);
-    let _ = raw_http(server.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n");
+    let _ = raw_http(
+        server.port,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n",
+    );
     let _ = raw_http(server.port, b"\r\n\r\n");
     server.assert_serving();
 }
@@ -192,7 +205,14 @@ fn service_reaches_a_connection_through_its_private_topic_on_either_shard() {
         let mut other = server.client_on(client_shard);
         let topic = format!("MSG:{}", target.cid);
         svc.send_text(&msg("PUB", &topic, &[("X", "y")], "direct"));
-        target.expect_text(&relayed("PUB", &topic, &[("X", "y")], &svc.cid, "", "direct"));
+        target.expect_text(&relayed(
+            "PUB",
+            &topic,
+            &[("X", "y")],
+            &svc.cid,
+            "",
+            "direct",
+        ));
         other.expect_silence(SILENCE);
         svc.expect_silence(Duration::from_millis(50));
     }

@@ -60,6 +60,9 @@ pub struct Common {
     /// Wire protocol of the broker under test.
     #[arg(long, global = true, value_enum, default_value_t = Protocol::Middleman)]
     pub protocol: Protocol,
+    /// The broker's process id: its CPU use and resident memory are reported too.
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -126,9 +129,6 @@ pub struct ReqresArgs {
 pub struct ConnectionsArgs {
     #[arg(long, default_value_t = 1000)]
     pub count: usize,
-    /// Read the broker's resident memory from /proc/PID/status before and after.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
     /// Connection attempts in progress at once, per thread (keeps the listen backlog sane).
     #[arg(long, default_value_t = 200)]
     pub concurrency: usize,
@@ -138,11 +138,20 @@ pub struct ConnectionsArgs {
     pub source_addresses: u8,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rate {
     PerSecond(f64),
     Max,
+}
+
+/// A number of messages per second, or the string `"max"`.
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Rate::PerSecond(r) => s.serialize_f64(*r),
+            Rate::Max => s.serialize_str("max"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

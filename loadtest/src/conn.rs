@@ -316,6 +316,10 @@ pub struct Conn {
     pub close_reason: Option<CloseReason>,
     /// Run time the connect started, for the handshake latency.
     pub started_ns: u64,
+    /// Counted among the worker's connections in handshake.
+    pub in_handshake: bool,
+    /// The last write hit EAGAIN; wait for the writable event before writing again.
+    pub write_blocked: bool,
 }
 
 /// Opens a non-blocking TCP connection, optionally from a chosen local address.
@@ -377,6 +381,8 @@ impl Conn {
             tx,
             close_reason: None,
             started_ns: now,
+            in_handshake: true,
+            write_blocked: false,
         }
     }
 
@@ -417,7 +423,10 @@ impl Conn {
                     return true;
                 }
                 Ok(n) => self.tx.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.write_blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.fail(CloseReason::Io(e.kind()));

@@ -445,7 +445,7 @@ impl Shard {
     }
 
     /// At the responder's shard: hand the REQ to its connection.
-    fn assign(&mut self, request: Box<Request>, responder: ConnectionId, owner: ShardId) {
+    fn assign(&mut self, request: Request, responder: ConnectionId, owner: ShardId) {
         let rid = request.rid;
         let Some(conn) = self.connections.get(&responder.local).cloned() else {
             self.send(owner, Mail::Done { rid });
@@ -463,7 +463,7 @@ impl Shard {
             frame,
             req_id,
             ..
-        } = *request;
+        } = request;
         self.assigned.insert(
             rid,
             Assigned {
@@ -706,7 +706,7 @@ impl Shard {
                 request,
                 responder,
                 owner,
-            } => self.assign(request, responder, owner),
+            } => self.assign(*request, responder, owner),
             Mail::Failed { rid, code } => self.fail(rid, code),
             Mail::Response { rid, frame } => {
                 let frame = Rc::new(FrameBytes::Shared {

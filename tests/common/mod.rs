@@ -71,6 +71,9 @@ impl Server {
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_middleman"))
             .args(&args)
+            // Keys come only from the flags above, never from the caller's environment.
+            .env_remove("MIDDLEMAN_SERVICE_KEYS")
+            .env_remove("MIDDLEMAN_CLIENT_KEYS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -498,13 +501,22 @@ impl Client {
             "{} got the wrong message",
             self.who()
         );
-        assert!(!m.binary, "{} expected a text frame, got binary", self.who());
+        assert!(
+            !m.binary,
+            "{} expected a text frame, got binary",
+            self.who()
+        );
     }
 
     /// The next message must be a binary frame with exactly these bytes.
     pub fn expect_binary(&mut self, expected: &[u8]) {
         let m = self.recv();
-        assert_eq!(show(&m.data), show(expected), "{} got the wrong message", self.who());
+        assert_eq!(
+            show(&m.data),
+            show(expected),
+            "{} got the wrong message",
+            self.who()
+        );
         assert!(m.binary, "{} expected a binary frame, got text", self.who());
     }
 
@@ -522,7 +534,12 @@ impl Client {
     pub fn expect_malformed(&mut self) -> String {
         let text = self.recv_text();
         let p = parse(text.as_bytes());
-        assert_eq!(p.first_line, "PUB ERROR", "{} expected an error: {text:?}", self.who());
+        assert_eq!(
+            p.first_line,
+            "PUB ERROR",
+            "{} expected an error: {text:?}",
+            self.who()
+        );
         assert_eq!(
             p.headers,
             vec![("Code".to_owned(), "malformed".to_owned())],
@@ -592,7 +609,10 @@ impl Client {
         } else {
             let target = format!("sync-{n}");
             self.send_text(&msg("BARRIER", &target, &[], ""));
-            self.expect_error("unknown-command", &format!("Unknown command BARRIER {target}"));
+            self.expect_error(
+                "unknown-command",
+                &format!("Unknown command BARRIER {target}"),
+            );
         }
     }
 
@@ -976,8 +996,14 @@ fn decode_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     }
     let masked = buf[1] & 0x80 != 0;
     let (len, mut at) = match buf[1] & 0x7f {
-        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize, 4),
-        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize, 10),
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
         n => (n as usize, 2),
     };
     let mask = if masked {
