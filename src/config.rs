@@ -87,19 +87,11 @@ pub struct Config {
     pub connections_max: usize,
 
     /// Most topics one connection may subscribe to (subscriptions_max).
-    #[arg(
-        long = "max-subscriptions-per-connection",
-        value_name = "N",
-        default_value_t = 10_000
-    )]
+    #[arg(long = "max-subscriptions-per-connection", value_name = "N", default_value_t = 10_000)]
     pub subscriptions_max: usize,
 
     /// Most unanswered REQs one connection may have (pending_requests_max).
-    #[arg(
-        long = "max-pending-requests",
-        value_name = "N",
-        default_value_t = 1_000
-    )]
+    #[arg(long = "max-pending-requests", value_name = "N", default_value_t = 1_000)]
     pub pending_requests_max: u32,
 
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
@@ -129,12 +121,10 @@ impl Config {
             let keys = Keys::new(vec![DEV_SERVICE_KEY.into()], vec![DEV_CLIENT_KEY.into()]);
             return Ok((keys, true));
         }
-        Err(
-            "no keys configured and a listen address is not loopback: give --service-key and \
+        Err("no keys configured and a listen address is not loopback: give --service-key and \
              --client-key (or MIDDLEMAN_SERVICE_KEYS / MIDDLEMAN_CLIENT_KEYS); the development \
              keys are only used on loopback"
-                .into(),
-        )
+            .into())
     }
 }
 
@@ -149,22 +139,16 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+    let n: usize =
+        digits.parse().map_err(|_| format!("`{text}` is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
     let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown size unit `{unit}` (use KiB, MiB or GiB)"
-            ))
-        }
+        _ => return Err(format!("`{text}`: unknown size unit `{unit}` (use KiB, MiB or GiB)")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Parses `0`, `500ms`, `2s`, `1m`, `1h`, `250us`.
@@ -175,20 +159,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 2s, 1m)"))?;
+    let n: u64 =
+        digits.parse().map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 2s, 1m)"))?;
     Ok(match unit {
         "us" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => {
-            return Err(format!(
-                "`{text}`: a duration needs a unit: us, ms, s, m or h"
-            ))
-        }
+        _ => return Err(format!("`{text}`: a duration needs a unit: us, ms, s, m or h")),
     })
 }
 
@@ -225,13 +204,7 @@ mod tests {
         assert!(keys.role(b"xyzzy").is_some());
         let c = Config::parse_from(["middleman", "--listen", "0.0.0.0:8765"]);
         assert!(c.keys().is_err());
-        let c = Config::parse_from([
-            "middleman",
-            "--listen",
-            "0.0.0.0:8765",
-            "--service-key",
-            "s",
-        ]);
+        let c = Config::parse_from(["middleman", "--listen", "0.0.0.0:8765", "--service-key", "s"]);
         let (keys, dev) = c.keys().unwrap();
         assert!(!dev);
         assert!(keys.role(b"xyzzy").is_none());

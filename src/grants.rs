@@ -49,9 +49,7 @@ pub struct Grants {
 
 impl Grants {
     pub fn allows(&self, grant: Grant, topic: &[u8]) -> bool {
-        self.by_topic
-            .get(topic)
-            .is_some_and(|bits| bits & grant as u8 != 0)
+        self.by_topic.get(topic).is_some_and(|bits| bits & grant as u8 != 0)
     }
 
     pub fn insert(&mut self, grant: Grant, topic: &[u8]) {

@@ -119,16 +119,10 @@ mod tests {
 
     #[test]
     fn cid_round_trips_and_uses_the_alphabet() {
-        for (epoch, shard, local) in [
-            (0, 0, 0),
-            (u32::MAX, u16::MAX, (1 << 52) - 1),
-            (1_790_000_000, 3, 77),
-        ] {
-            let id = ConnectionId {
-                epoch,
-                shard: ShardId(shard),
-                local,
-            };
+        for (epoch, shard, local) in
+            [(0, 0, 0), (u32::MAX, u16::MAX, (1 << 52) - 1), (1_790_000_000, 3, 77)]
+        {
+            let id = ConnectionId { epoch, shard: ShardId(shard), local };
             let text = id.encode();
             assert!(text.iter().all(|c| ALPHABET.contains(c)));
             assert_eq!(ConnectionId::parse(&text), Some(id));

@@ -17,9 +17,7 @@ impl log::Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let _ = writeln!(
             std::io::stderr().lock(),
             "{}.{:03} {:5} {}",
@@ -37,10 +35,7 @@ static LOGGER: StderrLogger = StderrLogger;
 
 /// Installs the logger; `RUST_LOG` (if it names a level) wins over `level`.
 pub fn init(level: log::LevelFilter) {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(level);
+    let level = std::env::var("RUST_LOG").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(level);
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::AsyncWriteExt;
@@ -42,9 +42,6 @@ use crate::shard::{Shard, ShardConfig};
 /// Mails per inbox. At ~64 bytes a mail this is ~1 MiB per shard; a full inbox pauses the
 /// readers that feed it, it never grows.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
-
-/// Mails handled per turn of the mail loop before it lets connections run.
-const MAIL_BATCH: usize = 512;
 
 /// io_uring memory per executor. It only backs file I/O, which a broker does not do; the
 /// default (10 MiB, three rings) fails under an 8 MiB memlock limit.
@@ -73,18 +70,13 @@ pub fn run(config: Config) -> Result<(), String> {
     let inboxes: Arc<Mutex<Vec<Option<Inbox>>>> =
         Arc::new(Mutex::new(inboxes.into_iter().map(Some).collect()));
     let next_shard = Arc::new(AtomicUsize::new(0));
-    let epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as u32);
+    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
 
     let placement = if shards <= cpus.len() {
         PoolPlacement::MaxSpread(shards, Some(cpu_set(&cpus)?))
     } else {
-        log::warn!(
-            "{shards} shards on {} CPUs: shards will share CPUs",
-            cpus.len()
-        );
+        log::warn!("{shards} shards on {} CPUs: shards will share CPUs", cpus.len());
         PoolPlacement::Fenced(shards, cpu_set(&cpus)?)
     };
     let start = {
@@ -95,15 +87,8 @@ pub fn run(config: Config) -> Result<(), String> {
             let index = next_shard.fetch_add(1, Ordering::SeqCst);
             let inbox = inboxes.lock().ok().and_then(|mut v| v[index].take());
             let ready = ready_tx.clone();
-            let setup = ShardSetup {
-                id: ShardId(index as u16),
-                shards,
-                epoch,
-                config,
-                keys,
-                mail,
-                listen,
-            };
+            let setup =
+                ShardSetup { id: ShardId(index as u16), shards, epoch, config, keys, mail, listen };
             async move {
                 match inbox {
                     Some(inbox) => run_shard(setup, inbox, ready).await,
@@ -170,19 +155,9 @@ struct ShardSetup {
 
 /// The life of one shard.
 async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(), String>>) {
-    let ShardSetup {
-        id,
-        shards,
-        epoch,
-        config,
-        keys,
-        mail,
-        listen,
-    } = setup;
-    let limits = Limits {
-        topic_bytes_max: config.topic_bytes_max,
-        headers_max: config.headers_max,
-    };
+    let ShardSetup { id, shards, epoch, config, keys, mail, listen } = setup;
+    let limits =
+        Limits { topic_bytes_max: config.topic_bytes_max, headers_max: config.headers_max };
     let shard_config = ShardConfig {
         id,
         shards,
@@ -206,6 +181,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
             limits,
         },
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+        shutdown_waker: Cell::new(None),
     });
     let mut listeners = Vec::with_capacity(listen.len());
     for addr in &listen {
@@ -218,8 +194,6 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         }
     }
     let runtime = Rc::new(Runtime {
-        shutdown: Cell::new(false),
-        shutdown_waker: Cell::new(None),
         live: Cell::new(0),
         live_max: config.connections_max.div_ceil(shards),
         next_local: Cell::new(1),
@@ -229,15 +203,15 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         .into_iter()
         .map(|l| glommio::spawn_local(accept_loop(ctx.clone(), runtime.clone(), l)))
         .collect();
-    let mail_loop = glommio::spawn_local(mail_loop(ctx.clone(), runtime.clone()));
+    let mail_loop = glommio::spawn_local(mail_loop(ctx.clone()));
     let ticker = glommio::spawn_local(tick_loop(ctx.clone()));
     let _ = ready.send(Ok(()));
 
     poll_fn(|cx| {
-        if runtime.shutdown.get() {
+        if ctx.shard.borrow().shutdown_requested {
             Poll::Ready(())
         } else {
-            runtime.shutdown_waker.set(Some(cx.waker().clone()));
+            ctx.shutdown_waker.set(Some(cx.waker().clone()));
             Poll::Pending
         }
     })
@@ -263,8 +237,6 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
 
 /// Shard-local runtime state.
 struct Runtime {
-    shutdown: Cell<bool>,
-    shutdown_waker: Cell<Option<Waker>>,
     /// Connection tasks alive on this shard, authenticated or not.
     live: Cell<usize>,
     live_max: usize,
@@ -294,11 +266,7 @@ async fn accept_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>, listener: TcpL
         }
         let local = runtime.next_local.get();
         runtime.next_local.set(local + 1);
-        let id = ConnectionId {
-            epoch: runtime.epoch,
-            shard: ctx.shard.borrow().id(),
-            local,
-        };
+        let id = ConnectionId { epoch: runtime.epoch, shard: ctx.shard.borrow().id(), local };
         let conn = Connection::new(id);
         runtime.live.set(runtime.live.get() + 1);
         let (ctx, runtime) = (ctx.clone(), runtime.clone());
@@ -311,26 +279,10 @@ async fn accept_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>, listener: TcpL
 }
 
 /// Drains the inbox in batches for as long as the shard runs.
-async fn mail_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>) {
+async fn mail_loop(ctx: Rc<ShardContext>) {
     loop {
         ctx.inbox.ready().await;
-        {
-            let mut shard = ctx.shard.borrow_mut();
-            shard.set_now(Instant::now());
-            for _ in 0..MAIL_BATCH {
-                match ctx.inbox.try_recv() {
-                    Some(mail) => shard.handle_mail(mail),
-                    None => break,
-                }
-            }
-            shard.flush_mail(&ctx.mailboxes);
-            if shard.shutdown_requested && !runtime.shutdown.get() {
-                runtime.shutdown.set(true);
-                if let Some(w) = runtime.shutdown_waker.take() {
-                    w.wake();
-                }
-            }
-        }
+        ctx.handle_mail();
         glommio::yield_if_needed().await;
     }
 }
@@ -381,12 +333,8 @@ fn allowed_cpus() -> Result<Vec<usize>, String> {
     for part in list.trim().split(',').filter(|p| !p.is_empty()) {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
         let (a, b): (usize, usize) = (
-            a.trim()
-                .parse()
-                .map_err(|_| format!("bad CPU list `{list}`"))?,
-            b.trim()
-                .parse()
-                .map_err(|_| format!("bad CPU list `{list}`"))?,
+            a.trim().parse().map_err(|_| format!("bad CPU list `{list}`"))?,
+            b.trim().parse().map_err(|_| format!("bad CPU list `{list}`"))?,
         );
         cpus.extend(a..=b);
     }
@@ -407,10 +355,7 @@ fn cpu_set(cpus: &[usize]) -> Result<CpuSet, String> {
 /// cause and fix instead of a panic inside a shard.
 fn probe_io_uring() -> Result<(), String> {
     let made = std::panic::catch_unwind(|| {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(IO_MEMORY)
-            .make()
-            .map(drop)
+        LocalExecutorBuilder::new(Placement::Unbound).io_memory(IO_MEMORY).make().map(drop)
     });
     let why = match made {
         Ok(Ok(())) => return Ok(()),

@@ -51,10 +51,7 @@ fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
-const LIMITS: Limits = Limits {
-    topic_bytes_max: 256,
-    headers_max: 32,
-};
+const LIMITS: Limits = Limits { topic_bytes_max: 256, headers_max: 32 };
 
 fn shard(id: u16, shards: usize) -> Shard {
     Shard::new(
@@ -73,11 +70,7 @@ fn shard(id: u16, shards: usize) -> Shard {
 }
 
 fn connect(shard: &mut Shard, local: u64) -> Rc<Connection> {
-    let conn = Connection::new(ConnectionId {
-        epoch: 1,
-        shard: shard.id(),
-        local,
-    });
+    let conn = Connection::new(ConnectionId { epoch: 1, shard: shard.id(), local });
     conn.role.set(Some(Role::Service));
     shard.register(&conn);
     conn
@@ -175,26 +168,14 @@ fn the_counter_sees_allocations() {
 fn local_fan_out_allocates_per_message_not_per_subscriber() {
     let one = local_fan_out(1);
     let many = local_fan_out(1000);
-    assert_eq!(
-        one, many,
-        "allocations per message: 1 subscriber {one}, 1000 subscribers {many}"
-    );
-    assert!(
-        one <= 4,
-        "a publish should take a handful of allocations, took {one}"
-    );
+    assert_eq!(one, many, "allocations per message: 1 subscriber {one}, 1000 subscribers {many}");
+    assert!(one <= 4, "a publish should take a handful of allocations, took {one}");
 }
 
 #[test]
 fn cross_shard_fan_out_allocates_per_message_not_per_subscriber() {
     let one = remote_fan_out(1);
     let many = remote_fan_out(1000);
-    assert_eq!(
-        one, many,
-        "allocations per message: 1 subscriber {one}, 1000 subscribers {many}"
-    );
-    assert!(
-        one <= 2,
-        "delivering a message from another shard took {one} allocations"
-    );
+    assert_eq!(one, many, "allocations per message: 1 subscriber {one}, 1000 subscribers {many}");
+    assert!(one <= 2, "delivering a message from another shard took {one} allocations");
 }

@@ -19,10 +19,7 @@ use middleman::shard::{Shard, ShardConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const LIMITS: Limits = Limits {
-    topic_bytes_max: 256,
-    headers_max: 32,
-};
+const LIMITS: Limits = Limits { topic_bytes_max: 256, headers_max: 32 };
 const TOPICS: &[&str] = &["a", "b", "c", "news", "x y"];
 
 struct Cluster {
@@ -51,19 +48,11 @@ impl Cluster {
                 )
             })
             .collect();
-        Self {
-            shards,
-            conns: Vec::new(),
-            next_local: 1,
-        }
+        Self { shards, conns: Vec::new(), next_local: 1 }
     }
 
     fn connect(&mut self, shard: usize) -> usize {
-        let id = ConnectionId {
-            epoch: 1,
-            shard: ShardId(shard as u16),
-            local: self.next_local,
-        };
+        let id = ConnectionId { epoch: 1, shard: ShardId(shard as u16), local: self.next_local };
         self.next_local += 1;
         let conn = Connection::new(id);
         conn.role.set(Some(Role::Service));
@@ -187,10 +176,7 @@ fn settled_routing_matches_a_single_map_model() {
                     let body = format!("{who}-{seq}");
                     cluster.send(who, &format!("PUB {topic}\r\n\r\n{body}\r\n.\r\n"));
                     for &sub in model.get(topic).into_iter().flatten() {
-                        expected
-                            .entry(sub)
-                            .or_default()
-                            .push(format!("{topic}|{body}"));
+                        expected.entry(sub).or_default().push(format!("{topic}|{body}"));
                     }
                 }
             }
@@ -199,11 +185,8 @@ fn settled_routing_matches_a_single_map_model() {
         for who in 0..cluster.conns.len() {
             let mut got = early.remove(&who).unwrap_or_default();
             got.extend(cluster.received(who));
-            let got: Vec<String> = got
-                .iter()
-                .filter_map(|t| pub_of(t))
-                .map(|(t, b)| format!("{t}|{b}"))
-                .collect();
+            let got: Vec<String> =
+                got.iter().filter_map(|t| pub_of(t)).map(|(t, b)| format!("{t}|{b}")).collect();
             let want = expected.remove(&who).unwrap_or_default();
             assert_eq!(got, want, "seed {seed}, connection {who}");
         }
@@ -218,10 +201,8 @@ fn unsettled_routing_keeps_each_publishers_order_without_duplicates() {
         let mut cluster = Cluster::new(shards);
         let conns: Vec<usize> = (0..10).map(|i| cluster.connect(i % shards)).collect();
         // Stable subscribers: subscribed before anything is published, never leave.
-        let stable: Vec<(usize, &str)> = conns
-            .iter()
-            .map(|&c| (c, TOPICS[c % TOPICS.len()]))
-            .collect();
+        let stable: Vec<(usize, &str)> =
+            conns.iter().map(|&c| (c, TOPICS[c % TOPICS.len()])).collect();
         for &(c, t) in &stable {
             cluster.send(c, &format!("SUB {t}\r\n\r\n.\r\n"));
         }
@@ -254,11 +235,8 @@ fn unsettled_routing_keeps_each_publishers_order_without_duplicates() {
         for &who in &conns {
             let mut last: HashMap<(String, String), u64> = HashMap::new();
             let mut seen = BTreeSet::new();
-            let got: Vec<(String, String)> = cluster
-                .received(who)
-                .iter()
-                .filter_map(|t| pub_of(t))
-                .collect();
+            let got: Vec<(String, String)> =
+                cluster.received(who).iter().filter_map(|t| pub_of(t)).collect();
             for (topic, body) in &got {
                 assert!(
                     ever_subscribed.iter().any(|&(c, t)| c == who && t == topic),
@@ -271,10 +249,7 @@ fn unsettled_routing_keeps_each_publishers_order_without_duplicates() {
                 let (publisher, n) = body.split_once('-').unwrap();
                 let n: u64 = n.parse().unwrap();
                 let prev = last.insert((topic.clone(), publisher.to_owned()), n);
-                assert!(
-                    prev.is_none_or(|p| p < n),
-                    "seed {seed}: {who} got {body} after {prev:?}"
-                );
+                assert!(prev.is_none_or(|p| p < n), "seed {seed}: {who} got {body} after {prev:?}");
             }
             for &(c, t) in &stable {
                 if c != who {
@@ -308,10 +283,7 @@ fn every_request_reaches_exactly_one_responder_and_comes_back() {
             for &q in &requesters {
                 if rng.random_bool(0.7) {
                     asked += 1;
-                    cluster.send(
-                        q,
-                        &format!("REQ Echo\r\nReqID: q{q}-{round}\r\n\r\nhi\r\n.\r\n"),
-                    );
+                    cluster.send(q, &format!("REQ Echo\r\nReqID: q{q}-{round}\r\n\r\nhi\r\n.\r\n"));
                 }
             }
             cluster.step(&mut |_| rng.random_bool(0.5));
@@ -332,10 +304,7 @@ fn every_request_reaches_exactly_one_responder_and_comes_back() {
             let mut back = 0;
             for &q in &requesters {
                 for text in cluster.received(q) {
-                    assert!(
-                        text.starts_with("RES Echo\r\nReqID: q"),
-                        "seed {seed}: {text:?}"
-                    );
+                    assert!(text.starts_with("RES Echo\r\nReqID: q"), "seed {seed}: {text:?}");
                     assert!(!text.contains("\r\nRid:"), "Rid is removed from the RES");
                     back += 1;
                 }

@@ -13,14 +13,14 @@
 //! sends everything up to it, then shuts down its side; the reader discards input until the
 //! peer closes too or the close grace ends. Then the shard forgets the connection.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -38,6 +38,9 @@ use crate::shard::Shard;
 /// The shard's read buffer: one large read takes many messages, which the shard then
 /// delivers before any subscriber is flushed (the batching that makes fan-out cheap).
 pub const SCRATCH_BYTES: usize = 64 << 10;
+
+/// Mails handled per turn of the mail loop before it lets connections run.
+pub const MAIL_BATCH: usize = 512;
 
 /// How long the upgrade request may be.
 pub const REQUEST_BYTES_MAX: usize = 8 << 10;
@@ -61,6 +64,8 @@ pub struct ShardContext {
     pub keys: Keys,
     pub settings: ConnectionSettings,
     pub scratch: RefCell<Vec<u8>>,
+    /// The shard's main task, waiting for `Shutdown`.
+    pub shutdown_waker: Cell<Option<Waker>>,
 }
 
 impl ShardContext {
@@ -72,6 +77,24 @@ impl ShardContext {
 
     fn flush_mail(&self) {
         self.shard.borrow_mut().flush_mail(&self.mailboxes);
+    }
+
+    /// Handles up to [`MAIL_BATCH`] waiting mails and sends what they caused.
+    pub fn handle_mail(&self) {
+        let mut shard = self.shard.borrow_mut();
+        shard.set_now(Instant::now());
+        for _ in 0..MAIL_BATCH {
+            match self.inbox.try_recv() {
+                Some(mail) => shard.handle_mail(mail),
+                None => break,
+            }
+        }
+        shard.flush_mail(&self.mailboxes);
+        if shard.shutdown_requested {
+            if let Some(w) = self.shutdown_waker.take() {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -100,6 +123,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, conn: Rc<Connection
         phase: Phase::Upgrade,
         decoder: Decoder::new(ctx.settings.message_bytes_max),
         pending: Vec::new(),
+        deferred: None,
     };
     reader.run().await;
     ctx.shard.borrow_mut().disconnect(&conn);
@@ -119,8 +143,11 @@ struct Reader {
     peer: Option<SocketAddr>,
     phase: Phase,
     decoder: Decoder,
-    /// An unfinished frame (or upgrade request) carried over to the next read.
+    /// An unfinished frame (or upgrade request) carried over to the next read, or frames
+    /// not yet handled because the connection is paused.
     pending: Vec<u8>,
+    /// The unhandled rest of a WebSocket message whose handling paused.
+    deferred: Option<(Vec<u8>, bool)>,
 }
 
 /// What one read gave.
@@ -136,6 +163,12 @@ impl Reader {
     async fn run(&mut self) {
         let deadline = Instant::now() + self.ctx.settings.auth_timeout;
         loop {
+            if self.phase == Phase::Open && self.paused() {
+                self.wait_for_acks().await;
+                self.resume();
+                self.after_input().await;
+                continue;
+            }
             let until = match self.phase {
                 Phase::Upgrade | Phase::Key => Some(deadline),
                 Phase::Open => None,
@@ -145,24 +178,64 @@ impl Reader {
                 Read::Bytes(n) => self.on_bytes(n),
                 Read::Closing => self.phase = Phase::Closing,
                 Read::TimedOut if self.phase == Phase::Key => {
-                    log::info!(
-                        "connection {} ({}): auth timeout",
-                        self.conn.id,
-                        self.peer_text()
-                    );
+                    log::info!("connection {} ({}): auth timeout", self.conn.id, self.peer_text());
                     self.conn.close(CloseCode::POLICY_VIOLATION, "auth timeout");
                     self.phase = Phase::Closing;
                 }
                 Read::TimedOut | Read::Eof => return,
             }
-            if self.phase != Phase::Closing && self.conn.is_closing() {
-                self.phase = Phase::Closing;
-            }
+            self.after_input().await;
+        }
+    }
+
+    /// After handling input: send the mail it caused, and pause while the shard is congested.
+    async fn after_input(&mut self) {
+        if self.phase != Phase::Closing && self.conn.is_closing() {
+            self.phase = Phase::Closing;
+        }
+        self.ctx.flush_mail();
+        while self.phase == Phase::Open && self.ctx.congested() {
+            glommio::timer::sleep(Duration::from_micros(250)).await;
             self.ctx.flush_mail();
-            while self.phase == Phase::Open && self.ctx.congested() {
-                glommio::timer::sleep(Duration::from_micros(250)).await;
-                self.ctx.flush_mail();
+        }
+    }
+
+    /// True while an earlier SUB, EPUB, ESUB or EREQ is not yet in effect on every shard:
+    /// nothing after it is handled until it is, so whatever the broker does next (even a
+    /// reply on another path) happens after it.
+    fn paused(&self) -> bool {
+        self.deferred.is_some() || self.conn.awaiting_acks.get() > 0
+    }
+
+    async fn wait_for_acks(&self) {
+        let conn = &self.conn;
+        poll_fn(|cx| {
+            if conn.awaiting_acks.get() == 0 || conn.is_closing() {
+                Poll::Ready(())
+            } else {
+                conn.reader.set(Some(cx.waker().clone()));
+                Poll::Pending
             }
+        })
+        .await
+    }
+
+    /// Continues after a pause: the rest of the WebSocket message, then frames already read.
+    fn resume(&mut self) {
+        if self.conn.is_closing() || self.conn.awaiting_acks.get() > 0 {
+            return;
+        }
+        if let Some((payload, binary)) = self.deferred.take() {
+            if let Some(at) = dispatch(&self.ctx, &self.conn, &payload, binary) {
+                self.deferred = Some((payload[at..].to_vec(), binary));
+                return;
+            }
+        }
+        if !self.pending.is_empty() && !self.paused() {
+            let mut pending = std::mem::take(&mut self.pending);
+            let used = self.consume(&mut pending);
+            pending.drain(..used);
+            self.pending = pending;
         }
     }
 
@@ -211,6 +284,11 @@ impl Reader {
         if self.phase == Phase::Closing {
             return; // discarded: we are waiting for the peer to close
         }
+        if self.phase == Phase::Open && !self.ctx.inbox.is_empty() {
+            // Mail that arrived before these bytes is handled first: a grant or a
+            // subscription made on another shard a moment ago is then in effect.
+            self.ctx.handle_mail();
+        }
         let ctx = self.ctx.clone();
         let mut scratch = ctx.scratch.borrow_mut();
         let fresh = &mut scratch[..n];
@@ -244,9 +322,7 @@ impl Reader {
                     self.reject(response);
                     return buf.len();
                 }
-                Upgrade::Accept {
-                    consumed, response, ..
-                } => {
+                Upgrade::Accept { consumed, response, .. } => {
                     self.conn.reply(raw_frame(response));
                     self.phase = Phase::Key;
                     used = consumed;
@@ -292,19 +368,15 @@ impl Reader {
                 Some(WsEvent::Message { binary, payload }) => {
                     if self.phase == Phase::Key {
                         authenticate(&self.ctx, &self.conn, self.peer, payload);
-                        self.phase = if self.conn.is_closing() {
-                            Phase::Closing
-                        } else {
-                            Phase::Open
-                        };
+                        self.phase =
+                            if self.conn.is_closing() { Phase::Closing } else { Phase::Open };
                     } else {
-                        dispatch(
-                            &self.ctx,
-                            &self.conn,
-                            payload,
-                            binary,
-                            self.ctx.settings.limits,
-                        );
+                        if let Some(at) = dispatch(&self.ctx, &self.conn, payload, binary) {
+                            self.deferred = Some((payload[at..].to_vec(), binary));
+                        }
+                        if self.paused() {
+                            break;
+                        }
                     }
                 }
             }
@@ -335,16 +407,8 @@ fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAd
             conn.reply_text(reply::MM_OK);
             conn.reply_text(&conn.cid);
             ctx.shard.borrow_mut().register(conn);
-            let role = if role == Role::Service {
-                "service"
-            } else {
-                "client"
-            };
-            log::debug!(
-                "connection {} ({}): authenticated as {role}",
-                conn.id,
-                peer_text(peer)
-            );
+            let role = if role == Role::Service { "service" } else { "client" };
+            log::debug!("connection {} ({}): authenticated as {role}", conn.id, peer_text(peer));
         }
         None => {
             log::info!("connection {} ({}): bad key", conn.id, peer_text(peer));
@@ -353,31 +417,33 @@ fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAd
     }
 }
 
-/// Every protocol message in one WebSocket message, in order.
-fn dispatch(
-    ctx: &ShardContext,
-    conn: &Rc<Connection>,
-    payload: &[u8],
-    binary: bool,
-    limits: Limits,
-) {
+/// Handles the protocol messages of one WebSocket message, in order. Returns where it
+/// stopped if a message left the connection waiting for acknowledgements (see
+/// [`Reader::paused`]); the caller resumes from there.
+fn dispatch(ctx: &ShardContext, conn: &Rc<Connection>, payload: &[u8], binary: bool) -> Option<usize> {
     let mut shard = ctx.shard.borrow_mut();
     if payload.is_empty() {
-        return shard.malformed(conn, message::Malformed::Empty.text());
+        shard.malformed(conn, message::Malformed::Empty.text());
+        return None;
     }
     let mut rest = payload;
-    while let Some(parsed) = message::next(rest, limits) {
+    while let Some(parsed) = message::next(rest, ctx.settings.limits) {
         match parsed {
             Ok((msg, after)) => {
                 shard.handle_message(conn, &msg, binary);
                 rest = after;
+                if conn.awaiting_acks.get() > 0 && !rest.is_empty() {
+                    return Some(payload.len() - rest.len());
+                }
             }
             Err(e) => {
                 log::debug!("connection {}: malformed message: {}", conn.id, e.text());
-                return shard.malformed(conn, e.text());
+                shard.malformed(conn, e.text());
+                return None;
             }
         }
     }
+    None
 }
 
 fn raw_frame(bytes: Vec<u8>) -> super::outbound::Frame {

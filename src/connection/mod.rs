@@ -60,6 +60,9 @@ pub struct Connection {
     closing: Cell<Option<CloseCode>>,
     /// Set by the writer when it has sent everything it ever will (or the socket failed).
     writer_done: Cell<bool>,
+    /// Acknowledgements this connection waits for before its next message is handled: a SUB,
+    /// EPUB, ESUB or EREQ is in effect on every shard before anything after it happens.
+    pub awaiting_acks: Cell<u32>,
     /// Requests this connection made that are not answered yet.
     pub pending_requests: Cell<u32>,
     /// Topics this connection subscribes to, for the per-connection limit and cleanup.
@@ -93,6 +96,7 @@ impl Connection {
             reader: Cell::new(None),
             closing: Cell::new(None),
             writer_done: Cell::new(false),
+            awaiting_acks: Cell::new(0),
             pending_requests: Cell::new(0),
             topics: RefCell::new(Vec::new()),
             responder_for: RefCell::new(Vec::new()),
@@ -180,9 +184,7 @@ impl Connection {
         }
         let mut bytes = Vec::with_capacity(2 + 2 + reason.len());
         ws::encode_close(code, reason, &mut bytes);
-        self.out
-            .borrow_mut()
-            .push_unbounded(Rc::new(FrameBytes::Local { bytes, start: 0 }));
+        self.out.borrow_mut().push_unbounded(Rc::new(FrameBytes::Local { bytes, start: 0 }));
         self.closing.set(Some(code));
         self.wake_writer();
         self.wake_reader();

@@ -137,22 +137,13 @@ impl OutQueue {
     /// Writes as much as the socket takes with one `sendmsg` over up to [`IOVECS_MAX`] frames.
     /// Returns the bytes written; `WouldBlock` when the socket is full.
     pub fn send_to(&mut self, fd: RawFd) -> io::Result<usize> {
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; IOVECS_MAX];
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOVECS_MAX];
         let mut count = 0;
         for (i, frame) in self.frames.iter().take(IOVECS_MAX).enumerate() {
             let bytes = frame.as_slice();
-            let bytes = if i == 0 {
-                &bytes[self.head_sent..]
-            } else {
-                bytes
-            };
-            iov[i] = libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            };
+            let bytes = if i == 0 { &bytes[self.head_sent..] } else { bytes };
+            iov[i] =
+                libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
             count += 1;
         }
         if count == 0 {
@@ -187,20 +178,13 @@ mod tests {
     use super::*;
 
     fn frame(bytes: &[u8]) -> Frame {
-        Rc::new(FrameBytes::Local {
-            bytes: bytes.to_vec(),
-            start: 0,
-        })
+        Rc::new(FrameBytes::Local { bytes: bytes.to_vec(), start: 0 })
     }
 
     #[test]
     fn push_respects_the_byte_budget_but_never_refuses_an_empty_queue() {
         let mut q = OutQueue::default();
-        assert_eq!(
-            q.push(&frame(&[0; 10]), 5),
-            Push::Queued,
-            "an empty queue takes any frame"
-        );
+        assert_eq!(q.push(&frame(&[0; 10]), 5), Push::Queued, "an empty queue takes any frame");
         assert_eq!(q.push(&frame(&[0; 1]), 10), Push::OverBudget);
         assert_eq!(q.bytes(), 10);
     }

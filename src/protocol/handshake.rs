@@ -45,11 +45,7 @@ pub enum Upgrade {
     ///
     /// `origin` is the request's `Origin` header, if it sent one (browsers always do; other
     /// clients usually do not), for the caller to check or log.
-    Accept {
-        consumed: usize,
-        response: Vec<u8>,
-        origin: Option<String>,
-    },
+    Accept { consumed: usize, response: Vec<u8>, origin: Option<String> },
     /// Not a valid upgrade: write `response` and close.
     Reject { response: &'static [u8] },
 }
@@ -122,11 +118,7 @@ pub fn parse(buf: &[u8], request_bytes_max: usize) -> Upgrade {
         .headers()
         .get("Origin")
         .map(|origin| String::from_utf8_lossy(origin.as_bytes()).into_owned());
-    Upgrade::Accept {
-        consumed,
-        response: bytes,
-        origin,
-    }
+    Upgrade::Accept { consumed, response: bytes, origin }
 }
 
 fn reject(response: &'static [u8]) -> Upgrade {
@@ -179,11 +171,9 @@ Sec-WebSocket-Protocol: chat, superchat\r\n\
 
     fn accepted(upgrade: Upgrade) -> (usize, String, Option<String>) {
         match upgrade {
-            Upgrade::Accept {
-                consumed,
-                response,
-                origin,
-            } => (consumed, String::from_utf8(response).unwrap(), origin),
+            Upgrade::Accept { consumed, response, origin } => {
+                (consumed, String::from_utf8(response).unwrap(), origin)
+            }
             other => panic!("expected Accept, got {other:?}"),
         }
     }
@@ -199,15 +189,9 @@ Sec-WebSocket-Protocol: chat, superchat\r\n\
     fn rfc_sample_key_gets_the_rfc_accept_value() {
         let (consumed, response, _) = accepted(parse(BROWSER, MAX));
         assert_eq!(consumed, BROWSER.len());
-        assert!(
-            response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
-            "{response}"
-        );
+        assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{response}");
         assert!(response.ends_with("\r\n\r\n"));
-        assert_eq!(
-            header(&response, "Sec-WebSocket-Accept"),
-            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-        );
+        assert_eq!(header(&response, "Sec-WebSocket-Accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
         assert_eq!(header(&response, "Upgrade"), Some("websocket"));
         assert_eq!(header(&response, "Connection"), Some("Upgrade"));
         assert!(response.len() <= RESPONSE_BYTES_CAPACITY);
@@ -266,11 +250,7 @@ Sec-WebSocket-Protocol: chat, superchat\r\n\
     #[test]
     fn requests_that_are_not_upgrades_get_400() {
         let without = |name: &str| -> Vec<&str> {
-            UPGRADE_HEADERS
-                .iter()
-                .copied()
-                .filter(|h| !h.starts_with(name))
-                .collect()
+            UPGRADE_HEADERS.iter().copied().filter(|h| !h.starts_with(name)).collect()
         };
         let with = |name: &str, replacement: &'static str| -> Vec<&str> {
             let mut headers = without(name);
@@ -287,26 +267,15 @@ Sec-WebSocket-Protocol: chat, superchat\r\n\
             request("GET / HTTP/1.1", &without("Connection")),
             request("GET / HTTP/1.1", &without("Sec-WebSocket-Key")),
             request("GET / HTTP/1.1", &without("Sec-WebSocket-Version")),
-            request(
-                "GET / HTTP/1.1",
-                &with("Sec-WebSocket-Version", "Sec-WebSocket-Version: 8"),
-            ),
-            request(
-                "GET / HTTP/1.1",
-                &with("Sec-WebSocket-Key", "Sec-WebSocket-Key: short"),
-            ),
+            request("GET / HTTP/1.1", &with("Sec-WebSocket-Version", "Sec-WebSocket-Version: 8")),
+            request("GET / HTTP/1.1", &with("Sec-WebSocket-Key", "Sec-WebSocket-Key: short")),
             request("GET / HTTP/1.1", &with("Upgrade", "Upgrade: h2c")),
-            request(
-                "GET / HTTP/1.1",
-                &with("Connection", "Connection: keep-alive"),
-            ),
+            request("GET / HTTP/1.1", &with("Connection", "Connection: keep-alive")),
         ];
         for buf in cases {
             assert_eq!(
                 parse(&buf, MAX),
-                Upgrade::Reject {
-                    response: BAD_REQUEST
-                },
+                Upgrade::Reject { response: BAD_REQUEST },
                 "{}",
                 String::from_utf8_lossy(&buf)
             );
@@ -325,21 +294,13 @@ Sec-WebSocket-Protocol: chat, superchat\r\n\
             b"GET / HTTP/1.1\r\nHost: a\xff\x01\r\n\r\n",
         ];
         for buf in cases {
-            assert_eq!(
-                parse(buf, MAX),
-                Upgrade::Reject {
-                    response: BAD_REQUEST
-                },
-                "{buf:?}"
-            );
+            assert_eq!(parse(buf, MAX), Upgrade::Reject { response: BAD_REQUEST }, "{buf:?}");
         }
     }
 
     #[test]
     fn oversize_requests_get_431() {
-        let too_large = Upgrade::Reject {
-            response: REQUEST_TOO_LARGE,
-        };
+        let too_large = Upgrade::Reject { response: REQUEST_TOO_LARGE };
         // Incomplete at the limit.
         let endless = [b"GET / HTTP/1.1\r\nX-Pad: ".as_slice(), &[b'a'; 200]].concat();
         assert_eq!(parse(&endless[..99], 100), Upgrade::Incomplete);
@@ -348,10 +309,7 @@ Sec-WebSocket-Protocol: chat, superchat\r\n\
         // Complete but longer than the limit, however it arrived.
         assert_eq!(parse(BROWSER, BROWSER.len() - 1), too_large);
         // Exactly the limit is fine.
-        assert!(matches!(
-            parse(BROWSER, BROWSER.len()),
-            Upgrade::Accept { .. }
-        ));
+        assert!(matches!(parse(BROWSER, BROWSER.len()), Upgrade::Accept { .. }));
         // An empty buffer is only incomplete.
         assert_eq!(parse(b"", 100), Upgrade::Incomplete);
     }
@@ -362,22 +320,14 @@ Sec-WebSocket-Protocol: chat, superchat\r\n\
         let mut headers: Vec<&str> = UPGRADE_HEADERS.to_vec();
         headers.extend(padding.iter().map(String::as_str));
         let buf = request("GET / HTTP/1.1", &headers);
-        assert_eq!(
-            parse(&buf, 1 << 20),
-            Upgrade::Reject {
-                response: REQUEST_TOO_LARGE
-            }
-        );
+        assert_eq!(parse(&buf, 1 << 20), Upgrade::Reject { response: REQUEST_TOO_LARGE });
     }
 
     #[test]
     fn canned_responses_are_well_formed() {
         let cases = [
             (BAD_REQUEST, "HTTP/1.1 400 Bad Request"),
-            (
-                REQUEST_TOO_LARGE,
-                "HTTP/1.1 431 Request Header Fields Too Large",
-            ),
+            (REQUEST_TOO_LARGE, "HTTP/1.1 431 Request Header Fields Too Large"),
             (SERVICE_UNAVAILABLE, "HTTP/1.1 503 Service Unavailable"),
         ];
         for (response, status_line) in cases {

@@ -244,13 +244,7 @@ fn parse(input: &[u8], limits: Limits) -> Result<(Message<'_>, &[u8]), Malformed
     }
 
     let (body, rest) = split_body(rest)?;
-    let message = Message {
-        word,
-        command: Command::parse(word),
-        target,
-        headers,
-        body,
-    };
+    let message = Message { word, command: Command::parse(word), target, headers, body };
     Ok((message, rest))
 }
 
@@ -464,15 +458,9 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        topic_bytes_max: 64,
-        headers_max: 16,
-    };
+    const LIMITS: Limits = Limits { topic_bytes_max: 64, headers_max: 16 };
 
-    const SENDER: Sender<'static> = Sender {
-        cid: b"0123456789abcdefghij",
-        uid: b"alice",
-    };
+    const SENDER: Sender<'static> = Sender { cid: b"0123456789abcdefghij", uid: b"alice" };
 
     /// Parses exactly one message that must fill `input`.
     fn one(input: &[u8]) -> Message<'_> {
@@ -607,10 +595,7 @@ mod tests {
         let (messages, error) = all(input);
         assert_eq!(error, None);
         assert_eq!(messages.len(), 3);
-        assert_eq!(
-            (messages[0].word, messages[0].target),
-            (&b"SUB"[..], &b"a"[..])
-        );
+        assert_eq!((messages[0].word, messages[0].target), (&b"SUB"[..], &b"a"[..]));
         assert_eq!(messages[0].body, b"");
         assert_eq!(messages[1].body, b"x\r\n");
         assert_eq!(messages[2].target, b"b");
@@ -661,18 +646,12 @@ mod tests {
 
     #[test]
     fn error_target_too_long_at_the_limit_plus_one() {
-        let limits = Limits {
-            topic_bytes_max: 4,
-            headers_max: 4,
-        };
+        let limits = Limits { topic_bytes_max: 4, headers_max: 4 };
         let ok = next(b"PUB abcd\n\n.\n", limits).unwrap().unwrap();
         assert_eq!(ok.0.target, b"abcd");
         let ok = next(b"PUB abcd\r\n\r\n.\r\n", limits).unwrap().unwrap();
         assert_eq!(ok.0.target, b"abcd");
-        assert_eq!(
-            err_with(b"PUB abcde\n\n.\n", limits),
-            Malformed::TargetTooLong
-        );
+        assert_eq!(err_with(b"PUB abcde\n\n.\n", limits), Malformed::TargetTooLong);
     }
 
     #[test]
@@ -687,10 +666,7 @@ mod tests {
     #[test]
     fn error_header_no_colon() {
         assert_eq!(err(b"PUB t\nNoColon\n\n.\n"), Malformed::HeaderNoColon);
-        assert_eq!(
-            err(b"PUB t\nA: 1\r\nB 2\r\n\r\n.\r\n"),
-            Malformed::HeaderNoColon
-        );
+        assert_eq!(err(b"PUB t\nA: 1\r\nB 2\r\n\r\n.\r\n"), Malformed::HeaderNoColon);
         // A line holding only whitespace is not a blank line.
         assert_eq!(err(b"PUB t\n \n\n.\n"), Malformed::HeaderNoColon);
         // Forgetting the headers' blank line makes the body a header.
@@ -700,33 +676,18 @@ mod tests {
     #[test]
     fn error_empty_header_name() {
         assert_eq!(err(b"PUB t\n: v\n\n.\n"), Malformed::EmptyHeaderName);
-        assert_eq!(
-            err(b"PUB t\n \t: v\r\n\r\n.\r\n"),
-            Malformed::EmptyHeaderName
-        );
+        assert_eq!(err(b"PUB t\n \t: v\r\n\r\n.\r\n"), Malformed::EmptyHeaderName);
     }
 
     #[test]
     fn error_too_many_headers_at_the_limit_plus_one() {
-        let limits = Limits {
-            topic_bytes_max: 64,
-            headers_max: 2,
-        };
+        let limits = Limits { topic_bytes_max: 64, headers_max: 2 };
         let (m, _) = next(b"PUB t\nA: 1\nB: 2\n\n.\n", limits).unwrap().unwrap();
         assert_eq!(m.headers.len(), 2);
-        assert_eq!(
-            err_with(b"PUB t\nA: 1\nB: 2\nC: 3\n\n.\n", limits),
-            Malformed::TooManyHeaders
-        );
-        let none = Limits {
-            topic_bytes_max: 64,
-            headers_max: 0,
-        };
+        assert_eq!(err_with(b"PUB t\nA: 1\nB: 2\nC: 3\n\n.\n", limits), Malformed::TooManyHeaders);
+        let none = Limits { topic_bytes_max: 64, headers_max: 0 };
         assert!(next(b"PUB t\n\n.\n", none).unwrap().is_ok());
-        assert_eq!(
-            err_with(b"PUB t\nA: 1\n\n.\n", none),
-            Malformed::TooManyHeaders
-        );
+        assert_eq!(err_with(b"PUB t\nA: 1\n\n.\n", none), Malformed::TooManyHeaders);
     }
 
     #[test]
@@ -767,10 +728,7 @@ mod tests {
     #[test]
     fn header_spelling_order_and_trimming_are_kept() {
         let m = one(b"PUB t\nzeta: 1\nReqID:  \t2 \t\n  Alpha \t: 3\nx-Y: a: b:c\nEmpty:\n\n.\n");
-        assert_eq!(
-            names(&m),
-            [&b"zeta"[..], b"ReqID", b"Alpha", b"x-Y", b"Empty"]
-        );
+        assert_eq!(names(&m), [&b"zeta"[..], b"ReqID", b"Alpha", b"x-Y", b"Empty"]);
         assert_eq!(m.headers[1].line, b"ReqID:  \t2 \t");
         assert_eq!(m.headers[1].value, b"2");
         assert_eq!(m.headers[2].line, b"  Alpha \t: 3");
@@ -816,9 +774,7 @@ mod tests {
         let (m, rest) = next(input, LIMITS).unwrap().unwrap();
         assert_eq!(m.body, b"first\n");
         assert_eq!(rest, b"second\n.\n");
-        let (m, rest) = next(b"PUB t\n\n.\r\nPUB u\n\n.\n", LIMITS)
-            .unwrap()
-            .unwrap();
+        let (m, rest) = next(b"PUB t\n\n.\r\nPUB u\n\n.\n", LIMITS).unwrap().unwrap();
         assert_eq!(m.body, b"");
         assert_eq!(rest, b"PUB u\n\n.\n");
     }
@@ -850,10 +806,7 @@ mod tests {
     fn relay_writes_an_empty_uid() {
         let m = one(b"SUB t\n\n.\n");
         let mut out = Vec::new();
-        let sender = Sender {
-            cid: b"c",
-            uid: b"",
-        };
+        let sender = Sender { cid: b"c", uid: b"" };
         write_relay(&m, sender, None, None, &mut out);
         assert_eq!(out, b"SUB t\r\nCid: c\r\nUid: \r\n\r\n.\r\n");
         assert_eq!(out.len(), relay_len(&m, sender, None, None));
@@ -1001,10 +954,7 @@ mod tests {
             let mut out = Vec::new();
             write_relay(&m, SENDER, Some(b"r"), Some(1), &mut out);
             // The relay adds up to four headers of its own (ReqID, Cid, Uid, Rid).
-            let relayed = Limits {
-                headers_max: limits.headers_max + 4,
-                ..limits
-            };
+            let relayed = Limits { headers_max: limits.headers_max + 4, ..limits };
             let (again, after) = next(&out, relayed).unwrap().unwrap();
             assert!(after.is_empty());
             assert_eq!(again.body, m.body);
@@ -1037,10 +987,7 @@ mod tests {
             b"\0",
         ];
         const EOLS: [&[u8]; 6] = [b"\n", b"\r\n", b"\n", b"\r\n", b"\r", b""];
-        let limits = Limits {
-            topic_bytes_max: 8,
-            headers_max: 3,
-        };
+        let limits = Limits { topic_bytes_max: 8, headers_max: 3 };
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
         let mut input = Vec::new();
         let mut found = 0;

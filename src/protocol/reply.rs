@@ -232,11 +232,7 @@ mod tests {
     #[test]
     fn error_with_req_id() {
         assert_eq!(
-            error(
-                ErrorCode::Timeout,
-                Some(b"abc-1"),
-                b"Request timed out REQ svc"
-            ),
+            error(ErrorCode::Timeout, Some(b"abc-1"), b"Request timed out REQ svc"),
             b"PUB ERROR\r\nCode: timeout\r\nReqID: abc-1\r\n\r\nRequest timed out REQ svc\r\n.\r\n"
         );
     }
@@ -293,20 +289,14 @@ mod tests {
 
     #[test]
     fn not_trusted_texts() {
-        assert_eq!(
-            text(ErrorCode::NotTrusted, b"SUB", b"T"),
-            b"Not trusted: SUB T"
-        );
+        assert_eq!(text(ErrorCode::NotTrusted, b"SUB", b"T"), b"Not trusted: SUB T");
         for cmd in ["PUB", "REQ", "RES", "EPUB", "ESUB", "EREQ"] {
             assert_eq!(
                 text(ErrorCode::NotTrusted, cmd.as_bytes(), b"T"),
                 format!("Not trusted {cmd} T").as_bytes()
             );
         }
-        assert_eq!(
-            text(ErrorCode::NotTrusted, b"INT", b"UID"),
-            b"Not trusted INT UID"
-        );
+        assert_eq!(text(ErrorCode::NotTrusted, b"INT", b"UID"), b"Not trusted INT UID");
     }
 
     #[test]
@@ -315,40 +305,21 @@ mod tests {
             text(ErrorCode::NoResponder, b"REQ", b"svc.echo"),
             b"No responder for REQ svc.echo"
         );
-        assert_eq!(
-            text(ErrorCode::ResponderLost, b"REQ", b"T"),
-            b"Responder lost for REQ T"
-        );
-        assert_eq!(
-            text(ErrorCode::Timeout, b"REQ", b"T"),
-            b"Request timed out REQ T"
-        );
-        assert_eq!(
-            text(ErrorCode::NoRequest, b"RES", b"T"),
-            b"No client for request ID  RES T"
-        );
+        assert_eq!(text(ErrorCode::ResponderLost, b"REQ", b"T"), b"Responder lost for REQ T");
+        assert_eq!(text(ErrorCode::Timeout, b"REQ", b"T"), b"Request timed out REQ T");
+        assert_eq!(text(ErrorCode::NoRequest, b"RES", b"T"), b"No client for request ID  RES T");
     }
 
     #[test]
     fn other_error_texts() {
-        assert_eq!(
-            text(ErrorCode::NoConnection, b"INT", b"UID"),
-            b"No client for INT UID"
-        );
+        assert_eq!(text(ErrorCode::NoConnection, b"INT", b"UID"), b"No client for INT UID");
         assert_eq!(
             text(ErrorCode::UnknownCommand, b"FROB", b"a topic"),
             b"Unknown command FROB a topic"
         );
+        assert_eq!(text(ErrorCode::UnknownCommand, b"", b"T"), b"Unknown command  T");
         assert_eq!(
-            text(ErrorCode::UnknownCommand, b"", b"T"),
-            b"Unknown command  T"
-        );
-        assert_eq!(
-            text(
-                ErrorCode::Malformed,
-                Malformed::NoSpace.text().as_bytes(),
-                b""
-            ),
+            text(ErrorCode::Malformed, Malformed::NoSpace.text().as_bytes(), b""),
             b"Malformed message: no space in the first line"
         );
         assert_eq!(
@@ -387,10 +358,7 @@ mod tests {
 
     #[test]
     fn every_error_is_one_valid_utf8_message() {
-        let limits = Limits {
-            topic_bytes_max: 64,
-            headers_max: 4,
-        };
+        let limits = Limits { topic_bytes_max: 64, headers_max: 4 };
         let hostile: [&[u8]; 4] = [b"T", b".dot", b"\r\n.\r\nPUB x\r\n\r\n", b"\xff\0"];
         for code in ErrorCode::ALL {
             for target in hostile {

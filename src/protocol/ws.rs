@@ -186,11 +186,7 @@ impl Decoder {
     ///
     /// Allocates nothing until a fragmented message arrives.
     pub fn new(message_bytes_max: usize) -> Self {
-        Self {
-            message_bytes_max,
-            message: None,
-            fragments: Vec::new(),
-        }
+        Self { message_bytes_max, message: None, fragments: Vec::new() }
     }
 
     /// Decodes at most one event from the front of `buf`.
@@ -260,10 +256,7 @@ impl Decoder {
                 let (code, reason) = parse_close(payload)?;
                 WsEvent::Close { code, reason }
             }
-            FrameKind::Data {
-                binary,
-                first: true,
-            } if header.is_final => {
+            FrameKind::Data { binary, first: true } if header.is_final => {
                 check_text(binary, payload)?;
                 WsEvent::Message { binary, payload }
             }
@@ -275,10 +268,7 @@ impl Decoder {
                 }
                 self.message = None;
                 check_text(binary, &self.fragments)?;
-                WsEvent::Message {
-                    binary,
-                    payload: &self.fragments,
-                }
+                WsEvent::Message { binary, payload: &self.fragments }
             }
         };
         Ok(Some((consumed, Some(event))))
@@ -372,9 +362,7 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     let mask_word = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
     let mut words = payload.chunks_exact_mut(8);
     for word in &mut words {
-        let word: &mut [u8; 8] = word
-            .try_into()
-            .expect("chunks_exact_mut(8) yields 8-byte chunks");
+        let word: &mut [u8; 8] = word.try_into().expect("chunks_exact_mut(8) yields 8-byte chunks");
         *word = (u64::from_ne_bytes(*word) ^ mask_word).to_ne_bytes();
     }
     // The remainder starts at a multiple of 8, so the mask phase restarts at 0.
@@ -663,19 +651,11 @@ mod tests {
     fn reserved_opcodes_are_rejected() {
         for opcode in (0x3..=0x7).chain(0xB..=0xF) {
             let input = frame(FIN | opcode, b"x");
-            assert_eq!(
-                first_error(MAX, &input),
-                WsError::ReservedOpcode,
-                "{opcode}"
-            );
+            assert_eq!(first_error(MAX, &input), WsError::ReservedOpcode, "{opcode}");
             // Also in the middle of a fragmented message.
             let mut input = frame(TEXT, b"a");
             input.extend(frame(FIN | opcode, b""));
-            assert_eq!(
-                first_error(MAX, &input),
-                WsError::ReservedOpcode,
-                "{opcode}"
-            );
+            assert_eq!(first_error(MAX, &input), WsError::ReservedOpcode, "{opcode}");
         }
     }
 
@@ -696,10 +676,7 @@ mod tests {
             let input = frame_with_len(FIN | opcode, u64::MAX, Some(MASK), b"");
             assert_eq!(first_error(MAX, &input), WsError::ControlTooBig);
         }
-        assert_eq!(
-            decode_all(MAX, &frame(FIN | PING, &[7; 125])),
-            [Seen::Ping(vec![7; 125])]
-        );
+        assert_eq!(decode_all(MAX, &frame(FIN | PING, &[7; 125])), [Seen::Ping(vec![7; 125])]);
     }
 
     #[test]
@@ -731,33 +708,17 @@ mod tests {
 
     #[test]
     fn invalid_utf8_text_is_rejected() {
-        let bad: &[&[u8]] = &[
-            b"\xff",
-            b"a\xc3",
-            b"\xed\xa0\x80",
-            b"\xc0\xaf",
-            b"ok\xf4\x90\x80\x80",
-        ];
+        let bad: &[&[u8]] =
+            &[b"\xff", b"a\xc3", b"\xed\xa0\x80", b"\xc0\xaf", b"ok\xf4\x90\x80\x80"];
         for payload in bad {
             let input = frame(FIN | TEXT, payload);
-            assert_eq!(
-                first_error(MAX, &input),
-                WsError::InvalidUtf8,
-                "{payload:?}"
-            );
+            assert_eq!(first_error(MAX, &input), WsError::InvalidUtf8, "{payload:?}");
             // Fragmented: only the complete message is checked.
             let mut input = frame(TEXT, &payload[..1]);
             input.extend(frame(FIN | CONT, &payload[1..]));
-            assert_eq!(
-                first_error(MAX, &input),
-                WsError::InvalidUtf8,
-                "{payload:?}"
-            );
+            assert_eq!(first_error(MAX, &input), WsError::InvalidUtf8, "{payload:?}");
             // Binary messages are not text.
-            assert_eq!(
-                decode_all(MAX, &frame(FIN | BINARY, payload)),
-                [binary(payload)]
-            );
+            assert_eq!(decode_all(MAX, &frame(FIN | BINARY, payload)), [binary(payload)]);
         }
         // A character split across fragments is fine.
         let mut input = frame(TEXT, "h\u{e9}".as_bytes()[..2].as_ref());
@@ -767,10 +728,7 @@ mod tests {
 
     #[test]
     fn close_payloads_are_checked() {
-        assert_eq!(
-            decode_every_way(MAX, &frame(FIN | CLOSE, b"")),
-            [Seen::Close(None, vec![])]
-        );
+        assert_eq!(decode_every_way(MAX, &frame(FIN | CLOSE, b"")), [Seen::Close(None, vec![])]);
         let input = frame(FIN | CLOSE, &[0x03]);
         assert_eq!(first_error(MAX, &input), WsError::InvalidClosePayload);
 
@@ -783,10 +741,7 @@ mod tests {
                 "{code}"
             );
         }
-        for code in (1000..=1003)
-            .chain(1007..=1011)
-            .chain([3000, 3999, 4000, 4999])
-        {
+        for code in (1000..=1003).chain(1007..=1011).chain([3000, 3999, 4000, 4999]) {
             assert!(CloseCode(code).is_allowed(), "{code}");
             assert_eq!(
                 decode_all(MAX, &close_frame(code, b"bye")),
@@ -806,15 +761,7 @@ mod tests {
     #[test]
     fn message_too_big_is_detected_from_the_header() {
         // Only the header is supplied: the decoder must not wait for the payload.
-        let lens = [
-            1001,
-            0xFFFF,
-            0x1_0000,
-            1 << 32,
-            1 << 63,
-            u64::MAX - 1,
-            u64::MAX,
-        ];
+        let lens = [1001, 0xFFFF, 0x1_0000, 1 << 32, 1 << 63, u64::MAX - 1, u64::MAX];
         for len in lens {
             for opcode in [TEXT, BINARY] {
                 let input = frame_with_len(FIN | opcode, len, Some(MASK), b"");
@@ -833,15 +780,9 @@ mod tests {
         assert_eq!(decoder.decode(&mut buf), expected);
         assert_eq!(buf, input);
         // Exactly the limit is fine.
-        assert_eq!(
-            decode_all(1000, &frame(FIN | BINARY, &[1; 1000])),
-            [binary(&[1; 1000])]
-        );
+        assert_eq!(decode_all(1000, &frame(FIN | BINARY, &[1; 1000])), [binary(&[1; 1000])]);
         assert_eq!(decode_all(0, &frame(FIN | TEXT, b"")), [text("")]);
-        assert_eq!(
-            first_error(0, &frame(FIN | TEXT, b"a")),
-            WsError::MessageTooBig
-        );
+        assert_eq!(first_error(0, &frame(FIN | TEXT, b"a")), WsError::MessageTooBig);
     }
 
     #[test]
@@ -982,9 +923,7 @@ mod tests {
         let mut buf = frame(FIN | BINARY, b"zero copy");
         let start = buf.as_ptr() as usize;
         let (_, event) = decoder.decode(&mut buf).unwrap().unwrap();
-        let Some(WsEvent::Message { payload, .. }) = event else {
-            panic!("{event:?}")
-        };
+        let Some(WsEvent::Message { payload, .. }) = event else { panic!("{event:?}") };
         assert_eq!(payload.as_ptr() as usize, start + 6);
         assert_eq!(decoder.fragments.capacity(), 0);
     }
@@ -1051,31 +990,21 @@ mod tests {
         let big: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
         let mut input = Vec::new();
         input.extend(tungstenite_client_frame(
-            Frame::message(
-                "h\u{e9}llo".as_bytes().to_vec(),
-                OpCode::Data(Data::Text),
-                true,
-            ),
+            Frame::message("h\u{e9}llo".as_bytes().to_vec(), OpCode::Data(Data::Text), true),
             mask,
         ));
         input.extend(tungstenite_client_frame(
             Frame::message(big.clone(), OpCode::Data(Data::Binary), false),
             mask,
         ));
-        input.extend(tungstenite_client_frame(
-            Frame::ping(b"are you there".to_vec()),
-            mask,
-        ));
+        input.extend(tungstenite_client_frame(Frame::ping(b"are you there".to_vec()), mask));
         input.extend(tungstenite_client_frame(
             Frame::message(vec![9; 300], OpCode::Data(Data::Continue), true),
             [0xff; 4],
         ));
         input.extend(tungstenite_client_frame(Frame::pong(vec![]), mask));
         input.extend(tungstenite_client_frame(
-            Frame::close(Some(CloseFrame {
-                code: TCloseCode::Away,
-                reason: "tab closed".into(),
-            })),
+            Frame::close(Some(CloseFrame { code: TCloseCode::Away, reason: "tab closed".into() })),
             mask,
         ));
         let mut joined = big;
@@ -1123,19 +1052,7 @@ mod tests {
             (Opcode::Ping, OpCode::Control(Control::Ping)),
             (Opcode::Pong, OpCode::Control(Control::Pong)),
         ];
-        let lens = [
-            0,
-            1,
-            2,
-            125,
-            126,
-            127,
-            1000,
-            0xFFFF,
-            0x1_0000,
-            1 << 32,
-            usize::MAX,
-        ];
+        let lens = [0, 1, 2, 125, 126, 127, 1000, 0xFFFF, 0x1_0000, 1 << 32, usize::MAX];
         for (opcode, theirs) in opcodes {
             for len in lens {
                 if opcode.is_control() && len > CONTROL_PAYLOAD_BYTES_MAX {
@@ -1180,11 +1097,7 @@ mod tests {
 
     #[test]
     fn encode_close_truncates_on_a_char_boundary() {
-        for reason in [
-            "a".repeat(200),
-            "\u{e9}".repeat(100),
-            "\u{1F600}".repeat(40),
-        ] {
+        for reason in ["a".repeat(200), "\u{e9}".repeat(100), "\u{1F600}".repeat(40)] {
             for prefix in 0..4 {
                 let reason = format!("{}{reason}", "x".repeat(prefix));
                 let mut out = Vec::new();
@@ -1215,11 +1128,7 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
             let mut fast = data.clone();
             unmask(&mut fast, mask);
-            let slow: Vec<u8> = data
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ mask[i % 4])
-                .collect();
+            let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
             assert_eq!(fast, slow, "{len}");
             unmask(&mut fast, mask);
             assert_eq!(fast, data, "{len}");
@@ -1287,9 +1196,8 @@ mod tests {
                 let is_binary = rng.below(2) == 0;
                 let payload = random_payload(&mut rng, is_binary);
                 let fragments = 1 + rng.below(4);
-                let mut cuts: Vec<usize> = (1..fragments)
-                    .map(|_| rng.below(payload.len() + 1))
-                    .collect();
+                let mut cuts: Vec<usize> =
+                    (1..fragments).map(|_| rng.below(payload.len() + 1)).collect();
                 cuts.sort_unstable();
                 cuts.insert(0, 0);
                 cuts.push(payload.len());

@@ -47,31 +47,19 @@ pub enum Mail {
     /// From a topic's owner: deliver to your local subscribers of the topic.
     Deliver(SharedFrame),
     /// To a topic's owner: `shard` now has (or no longer has) local subscribers.
-    Interest {
-        topic: TopicName,
-        shard: ShardId,
-        subscribed: bool,
-    },
+    Interest { topic: TopicName, shard: ShardId, subscribed: bool, ack: Option<ConnectionId> },
     /// To every shard: a service granted something to clients.
-    Grant { grant: Grant, topic: TopicName },
+    Grant { grant: Grant, topic: TopicName, ack: Option<ConnectionId> },
     /// To a topic's owner: `responder` answers REQs for the topic (EREQ).
-    Register {
-        topic: TopicName,
-        responder: ConnectionId,
-    },
+    Register { topic: TopicName, responder: ConnectionId, ack: Option<ConnectionId> },
+    /// Back to the shard of `to`: the Interest, Grant or Register it asked for is in effect.
+    Ack { to: ConnectionId },
     /// To a topic's owner: `responder` is gone.
-    Unregister {
-        topic: TopicName,
-        responder: ConnectionId,
-    },
+    Unregister { topic: TopicName, responder: ConnectionId },
     /// From the requester's shard to the topic's owner: pick a responder.
     Request(Box<Request>),
     /// From the owner to the responder's shard: deliver this REQ to `responder`.
-    Assign {
-        request: Box<Request>,
-        responder: ConnectionId,
-        owner: ShardId,
-    },
+    Assign { request: Box<Request>, responder: ConnectionId, owner: ShardId },
     /// To the requester's shard: the request failed.
     Failed { rid: RequestId, code: ErrorCode },
     /// From the responder's shard to the requester's: the RES, encoded for the requester.
@@ -83,16 +71,9 @@ pub enum Mail {
     /// it is dropped silently.
     Forget { rid: RequestId, timed_out: bool },
     /// To the shard of `target`: set its `Uid`. On failure `no-connection` goes to `from`.
-    SetUid {
-        target: ConnectionId,
-        uid: Box<[u8]>,
-        from: ConnectionId,
-    },
+    SetUid { target: ConnectionId, uid: Box<[u8]>, from: ConnectionId },
     /// To the shard of `to`: queue this frame for it (an error or reply).
-    Direct {
-        to: ConnectionId,
-        frame: SharedFrame,
-    },
+    Direct { to: ConnectionId, frame: SharedFrame },
     /// From the signal thread: drain and stop.
     Shutdown,
 }

@@ -162,7 +162,7 @@ impl Shard {
         let topics = std::mem::take(&mut *conn.topics.borrow_mut());
         for topic in topics {
             if let (_, Some(emptied)) = self.subscriptions.remove(&topic, conn) {
-                self.tell_owner_interest(emptied, false);
+                self.tell_owner_interest(emptied, false, None);
             }
         }
         let lost: Vec<RequestId> = self
@@ -177,10 +177,7 @@ impl Shard {
                 if !a.abandoned {
                     self.send(
                         a.requester.shard,
-                        Mail::Failed {
-                            rid,
-                            code: ErrorCode::ResponderLost,
-                        },
+                        Mail::Failed { rid, code: ErrorCode::ResponderLost },
                     );
                 }
             }
@@ -188,13 +185,7 @@ impl Shard {
         let registrations = std::mem::take(&mut *conn.responder_for.borrow_mut());
         for topic in registrations {
             let owner = self.placement.owner(&topic);
-            self.send(
-                owner,
-                Mail::Unregister {
-                    topic,
-                    responder: conn.id,
-                },
-            );
+            self.send(owner, Mail::Unregister { topic, responder: conn.id });
         }
         let mine: Vec<RequestId> = self
             .pending
@@ -204,13 +195,7 @@ impl Shard {
             .collect();
         for rid in mine {
             if let Some(p) = self.pending.remove(&rid) {
-                self.send(
-                    p.owner,
-                    Mail::Forget {
-                        rid,
-                        timed_out: false,
-                    },
-                );
+                self.send(p.owner, Mail::Forget { rid, timed_out: false });
             }
         }
     }
@@ -226,11 +211,7 @@ impl Shard {
         };
         if let Some(grant) = Grant::needed_for(command) {
             if !conn.is_service() && !self.grants.allows(grant, msg.target) {
-                let req_id = if command == Command::Req {
-                    msg.header("ReqID")
-                } else {
-                    None
-                };
+                let req_id = if command == Command::Req { msg.header("ReqID") } else { None };
                 return self.error(conn, ErrorCode::NotTrusted, msg.word, msg.target, req_id);
             }
         }
@@ -266,7 +247,7 @@ impl Shard {
         }
         let name = match first {
             Some(name) => {
-                self.tell_owner_interest(name.clone(), true);
+                self.tell_owner_interest(name.clone(), true, Some(conn));
                 name
             }
             None => topic.into(),
@@ -285,22 +266,33 @@ impl Shard {
         }
         drop(topics);
         if let Some(name) = emptied {
-            self.tell_owner_interest(name, false);
+            self.tell_owner_interest(name, false, None);
         }
     }
 
-    fn tell_owner_interest(&mut self, topic: TopicName, subscribed: bool) {
+    /// Tells the topic's owner this shard's interest changed. `waiter`, if any, handles
+    /// nothing more until the owner has acknowledged.
+    fn tell_owner_interest(
+        &mut self,
+        topic: TopicName,
+        subscribed: bool,
+        waiter: Option<&Connection>,
+    ) {
         let owner = self.placement.owner(&topic);
         if owner != self.id() {
             let shard = self.id();
-            self.send(
-                owner,
-                Mail::Interest {
-                    topic,
-                    shard,
-                    subscribed,
-                },
-            );
+            let ack = waiter.map(|c| {
+                c.awaiting_acks.set(c.awaiting_acks.get() + 1);
+                c.id
+            });
+            self.send(owner, Mail::Interest { topic, shard, subscribed, ack });
+        }
+    }
+
+    /// Answers a mail that asked for an acknowledgement.
+    fn ack(&mut self, to: Option<ConnectionId>) {
+        if let Some(to) = to {
+            self.send(to.shard, Mail::Ack { to });
         }
     }
 
@@ -308,13 +300,8 @@ impl Shard {
         let owner = self.placement.owner(msg.target);
         let remote = owner != self.id() || self.interest.shards(msg.target) != 0;
         let frame = conn.with_uid(|uid| {
-            let sender = Sender {
-                cid: &conn.cid,
-                uid,
-            };
-            self.encode(binary, msg, |out| {
-                message::write_relay(msg, sender, None, None, out)
-            })
+            let sender = Sender { cid: &conn.cid, uid };
+            self.encode(binary, msg, |out| message::write_relay(msg, sender, None, None, out))
         });
         if !remote {
             // Nobody on another shard: skip the shared allocation.
@@ -345,10 +332,8 @@ impl Shard {
         if self.subscriptions.get(frame.topic()).is_empty() {
             return;
         }
-        let local = Rc::new(FrameBytes::Shared {
-            start: frame.start as usize,
-            bytes: frame.bytes.clone(),
-        });
+        let local =
+            Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes.clone() });
         self.deliver_local(frame.topic(), &local);
     }
 
@@ -381,10 +366,7 @@ impl Shard {
         let rid = RequestId::new(self.next_request, self.id(), self.config.shards);
         self.next_request += 1;
         let frame = conn.with_uid(|uid| {
-            let sender = Sender {
-                cid: &conn.cid,
-                uid,
-            };
+            let sender = Sender { cid: &conn.cid, uid };
             self.encode(binary, msg, |out| {
                 message::write_relay(msg, sender, None, Some(rid.0), out)
             })
@@ -422,24 +404,11 @@ impl Shard {
         match self.pools.pick(request.frame.topic(), rid) {
             Some(responder) => {
                 let owner = self.id();
-                self.send(
-                    responder.shard,
-                    Mail::Assign {
-                        request,
-                        responder,
-                        owner,
-                    },
-                );
+                self.send(responder.shard, Mail::Assign { request, responder, owner });
             }
             None => {
                 let to = request.requester.shard;
-                self.send(
-                    to,
-                    Mail::Failed {
-                        rid,
-                        code: ErrorCode::NoResponder,
-                    },
-                );
+                self.send(to, Mail::Failed { rid, code: ErrorCode::NoResponder });
             }
         }
     }
@@ -450,34 +419,14 @@ impl Shard {
         let Some(conn) = self.connections.get(&responder.local).cloned() else {
             self.send(owner, Mail::Done { rid });
             let to = request.requester.shard;
-            return self.send(
-                to,
-                Mail::Failed {
-                    rid,
-                    code: ErrorCode::ResponderLost,
-                },
-            );
+            return self.send(to, Mail::Failed { rid, code: ErrorCode::ResponderLost });
         };
-        let Request {
-            requester,
-            frame,
-            req_id,
-            ..
-        } = request;
+        let Request { requester, frame, req_id, .. } = request;
         self.assigned.insert(
             rid,
-            Assigned {
-                requester,
-                responder: responder.local,
-                owner,
-                req_id,
-                abandoned: false,
-            },
+            Assigned { requester, responder: responder.local, owner, req_id, abandoned: false },
         );
-        let frame = Rc::new(FrameBytes::Shared {
-            start: frame.start as usize,
-            bytes: frame.bytes,
-        });
+        let frame = Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes });
         // A REQ is owed to the responder like a reply: it is bounded by the requesters'
         // pending-request limits, and dropping it would leave a requester waiting.
         conn.reply(frame);
@@ -487,11 +436,8 @@ impl Shard {
         let Some(rid_text) = msg.header("Rid") else {
             return self.malformed(conn, "RES without a Rid header");
         };
-        let known = RequestId::parse(rid_text).filter(|rid| {
-            self.assigned
-                .get(rid)
-                .is_some_and(|a| a.responder == conn.id.local)
-        });
+        let known = RequestId::parse(rid_text)
+            .filter(|rid| self.assigned.get(rid).is_some_and(|a| a.responder == conn.id.local));
         let Some(rid) = known else {
             return self.error(conn, ErrorCode::NoRequest, b"RES", msg.target, None);
         };
@@ -503,27 +449,16 @@ impl Shard {
             return;
         }
         let frame = conn.with_uid(|uid| {
-            let sender = Sender {
-                cid: &conn.cid,
-                uid,
-            };
+            let sender = Sender { cid: &conn.cid, uid };
             let req_id = assigned.req_id.as_deref();
-            self.encode(binary, msg, |out| {
-                message::write_relay(msg, sender, req_id, None, out)
-            })
+            self.encode(binary, msg, |out| message::write_relay(msg, sender, req_id, None, out))
         });
         let to = assigned.requester.shard;
         if to == self.id() {
             let (bytes, start, _) = frame;
             self.complete(rid, Rc::new(FrameBytes::Local { bytes, start }));
         } else {
-            self.send(
-                to,
-                Mail::Response {
-                    rid,
-                    frame: share(frame),
-                },
-            );
+            self.send(to, Mail::Response { rid, frame: share(frame) });
         }
     }
 
@@ -545,13 +480,7 @@ impl Shard {
         };
         if let Some(conn) = self.connections.get(&pending.conn).cloned() {
             conn.pending_requests.set(conn.pending_requests.get() - 1);
-            self.error(
-                &conn,
-                code,
-                b"REQ",
-                &pending.topic,
-                pending.req_id.as_deref(),
-            );
+            self.error(&conn, code, b"REQ", &pending.topic, pending.req_id.as_deref());
         }
     }
 
@@ -572,26 +501,19 @@ impl Shard {
         for s in 0..self.config.shards {
             let shard = ShardId(s as u16);
             if shard != me {
-                self.send(
-                    shard,
-                    Mail::Grant {
-                        grant,
-                        topic: name.clone(),
-                    },
-                );
+                conn.awaiting_acks.set(conn.awaiting_acks.get() + 1);
+                self.send(shard, Mail::Grant { grant, topic: name.clone(), ack: Some(conn.id) });
             }
         }
         if command == Command::Ereq && !conn.responder_for.borrow().iter().any(|t| **t == *topic) {
             conn.responder_for.borrow_mut().push(name.clone());
             let owner = self.placement.owner(topic);
             let responder = conn.id;
-            self.send(
-                owner,
-                Mail::Register {
-                    topic: name,
-                    responder,
-                },
-            );
+            let ack = (owner != me).then(|| {
+                conn.awaiting_acks.set(conn.awaiting_acks.get() + 1);
+                conn.id
+            });
+            self.send(owner, Mail::Register { topic: name, responder, ack });
         }
     }
 
@@ -613,23 +535,12 @@ impl Shard {
         if target.shard == self.id() {
             self.set_uid(target, uid, conn.id);
         } else {
-            self.send(
-                target.shard,
-                Mail::SetUid {
-                    target,
-                    uid: uid.into(),
-                    from: conn.id,
-                },
-            );
+            self.send(target.shard, Mail::SetUid { target, uid: uid.into(), from: conn.id });
         }
     }
 
     fn set_uid(&mut self, target: ConnectionId, uid: &[u8], from: ConnectionId) {
-        match self
-            .connections
-            .get(&target.local)
-            .filter(|c| c.id == target)
-        {
+        match self.connections.get(&target.local).filter(|c| c.id == target) {
             Some(conn) => conn.set_uid(uid),
             None => {
                 let mut payload = Vec::with_capacity(96);
@@ -644,11 +555,8 @@ impl Shard {
                 } else {
                     let (bytes, start) =
                         self.frame(Opcode::Text, |out| out.extend_from_slice(&payload));
-                    let frame = SharedFrame {
-                        bytes: Arc::new(bytes),
-                        start: start as u32,
-                        topic: 0..0,
-                    };
+                    let frame =
+                        SharedFrame { bytes: Arc::new(bytes), start: start as u32, topic: 0..0 };
                     self.send(from.shard, Mail::Direct { to: from, frame });
                 }
             }
@@ -693,26 +601,33 @@ impl Shard {
         match mail {
             Mail::Publish(frame) => self.fan_out(frame),
             Mail::Deliver(frame) => self.deliver_shared(frame),
-            Mail::Interest {
-                topic,
-                shard,
-                subscribed,
-            } => self.interest.set(topic, shard, subscribed),
-            Mail::Grant { grant, topic } => self.grants.insert(grant, &topic),
-            Mail::Register { topic, responder } => self.pools.register(topic, responder),
+            Mail::Interest { topic, shard, subscribed, ack } => {
+                self.interest.set(topic, shard, subscribed);
+                self.ack(ack);
+            }
+            Mail::Grant { grant, topic, ack } => {
+                self.grants.insert(grant, &topic);
+                self.ack(ack);
+            }
+            Mail::Register { topic, responder, ack } => {
+                self.pools.register(topic, responder);
+                self.ack(ack);
+            }
+            Mail::Ack { to } => {
+                if let Some(conn) = self.connections.get(&to.local).filter(|c| c.id == to) {
+                    conn.awaiting_acks.set(conn.awaiting_acks.get() - 1);
+                    if conn.awaiting_acks.get() == 0 {
+                        conn.wake_reader();
+                    }
+                }
+            }
             Mail::Unregister { topic, responder } => self.pools.unregister(&topic, responder),
             Mail::Request(request) => self.pick_responder(request),
-            Mail::Assign {
-                request,
-                responder,
-                owner,
-            } => self.assign(*request, responder, owner),
+            Mail::Assign { request, responder, owner } => self.assign(*request, responder, owner),
             Mail::Failed { rid, code } => self.fail(rid, code),
             Mail::Response { rid, frame } => {
-                let frame = Rc::new(FrameBytes::Shared {
-                    start: frame.start as usize,
-                    bytes: frame.bytes,
-                });
+                let frame =
+                    Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes });
                 self.complete(rid, frame);
             }
             Mail::Done { rid } => self.pools.done(rid),
@@ -762,13 +677,7 @@ impl Shard {
             };
             self.stats.request_timeouts += 1;
             self.fail(rid, ErrorCode::Timeout);
-            self.send(
-                owner,
-                Mail::Forget {
-                    rid,
-                    timed_out: true,
-                },
-            );
+            self.send(owner, Mail::Forget { rid, timed_out: true });
         }
     }
 
@@ -857,9 +766,5 @@ impl Shard {
 }
 
 fn share((bytes, start, topic): (Vec<u8>, usize, std::ops::Range<u32>)) -> SharedFrame {
-    SharedFrame {
-        bytes: Arc::new(bytes),
-        start: start as u32,
-        topic,
-    }
+    SharedFrame { bytes: Arc::new(bytes), start: start as u32, topic }
 }

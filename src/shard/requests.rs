@@ -62,10 +62,7 @@ impl Pools {
     pub fn register(&mut self, topic: TopicName, responder: ConnectionId) {
         let pool = self.by_topic.entry(topic).or_default();
         if !pool.members.iter().any(|m| m.id == responder) {
-            pool.members.push(Member {
-                id: responder,
-                in_flight: 0,
-            });
+            pool.members.push(Member { id: responder, in_flight: 0 });
         }
     }
 
@@ -131,11 +128,7 @@ mod tests {
     use crate::ids::ShardId;
 
     fn conn(n: u64) -> ConnectionId {
-        ConnectionId {
-            epoch: 1,
-            shard: ShardId(0),
-            local: n,
-        }
+        ConnectionId { epoch: 1, shard: ShardId(0), local: n }
     }
 
     #[test]
@@ -145,9 +138,8 @@ mod tests {
         pools.register(t.clone(), conn(1));
         pools.register(t.clone(), conn(2));
         pools.register(t.clone(), conn(2));
-        let picks: Vec<u64> = (0..6)
-            .map(|i| pools.pick(b"T", RequestId(i)).unwrap().local)
-            .collect();
+        let picks: Vec<u64> =
+            (0..6).map(|i| pools.pick(b"T", RequestId(i)).unwrap().local).collect();
         assert_eq!(picks, [1, 2, 1, 2, 1, 2]);
         // conn 1 finishes two, so it has the fewest in flight and wins twice in a row.
         pools.done(RequestId(0));

@@ -91,10 +91,7 @@ impl LocalSubscriptions {
         if !list.is_empty() {
             return (true, None);
         }
-        let (name, _) = self
-            .by_topic
-            .remove_entry(topic)
-            .expect("the entry was just found");
+        let (name, _) = self.by_topic.remove_entry(topic).expect("the entry was just found");
         (true, Some(name))
     }
 
@@ -156,33 +153,19 @@ mod tests {
             assert_eq!(a.owner(t), b.owner(t));
             assert!(a.owner(t).index() < 4);
         }
-        let cid = ConnectionId {
-            epoch: 7,
-            shard: ShardId(3),
-            local: 9,
-        };
+        let cid = ConnectionId { epoch: 7, shard: ShardId(3), local: 9 };
         let mut topic = b"MSG:".to_vec();
         topic.extend_from_slice(&cid.encode());
         assert_eq!(a.owner(&topic), ShardId(3));
-        let far = ConnectionId {
-            epoch: 7,
-            shard: ShardId(40),
-            local: 9,
-        };
+        let far = ConnectionId { epoch: 7, shard: ShardId(40), local: 9 };
         let mut topic = b"MSG:".to_vec();
         topic.extend_from_slice(&far.encode());
-        assert!(
-            a.owner(&topic).index() < 4,
-            "a cid naming a missing shard falls back to the hash"
-        );
+        assert!(a.owner(&topic).index() < 4, "a cid naming a missing shard falls back to the hash");
     }
 
     #[test]
     fn each_shard_lists_set_bits() {
-        assert_eq!(
-            each_shard(0b1010_0001).map(|s| s.0).collect::<Vec<_>>(),
-            [0, 5, 7]
-        );
+        assert_eq!(each_shard(0b1010_0001).map(|s| s.0).collect::<Vec<_>>(), [0, 5, 7]);
         assert_eq!(each_shard(0).count(), 0);
         assert_eq!(each_shard(1 << 63).map(|s| s.0).collect::<Vec<_>>(), [63]);
     }
