@@ -198,6 +198,9 @@ impl Reader {
             glommio::timer::sleep(Duration::from_micros(250)).await;
             self.ctx.flush_mail();
         }
+        // Let the writers this input woke flush before reading more: a publisher whose socket
+        // always has data would otherwise hold the shard until glommio preempts it.
+        futures_lite::future::yield_now().await;
     }
 
     /// True while an earlier SUB, EPUB, ESUB or EREQ is not yet in effect on every shard:
