@@ -423,7 +423,12 @@ fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAd
 /// Handles the protocol messages of one WebSocket message, in order. Returns where it
 /// stopped if a message left the connection waiting for acknowledgements (see
 /// [`Reader::paused`]); the caller resumes from there.
-fn dispatch(ctx: &ShardContext, conn: &Rc<Connection>, payload: &[u8], binary: bool) -> Option<usize> {
+fn dispatch(
+    ctx: &ShardContext,
+    conn: &Rc<Connection>,
+    payload: &[u8],
+    binary: bool,
+) -> Option<usize> {
     let mut shard = ctx.shard.borrow_mut();
     if payload.is_empty() {
         shard.malformed(conn, message::Malformed::Empty.text());

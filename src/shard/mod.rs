@@ -165,12 +165,18 @@ impl Shard {
                 self.tell_owner_interest(emptied, false, None);
             }
         }
-        let lost: Vec<RequestId> = self
-            .assigned
-            .iter()
-            .filter(|(_, a)| a.responder == conn.id.local)
-            .map(|(rid, _)| *rid)
-            .collect();
+        let registrations = std::mem::take(&mut *conn.responder_for.borrow_mut());
+        // Only responders are assigned requests, and only requesters have pending ones: the
+        // scans below run for connections that have some.
+        let lost: Vec<RequestId> = if registrations.is_empty() {
+            Vec::new()
+        } else {
+            self.assigned
+                .iter()
+                .filter(|(_, a)| a.responder == conn.id.local)
+                .map(|(rid, _)| *rid)
+                .collect()
+        };
         for rid in lost {
             if let Some(a) = self.assigned.remove(&rid) {
                 self.send(a.owner, Mail::Done { rid });
@@ -182,17 +188,19 @@ impl Shard {
                 }
             }
         }
-        let registrations = std::mem::take(&mut *conn.responder_for.borrow_mut());
         for topic in registrations {
             let owner = self.placement.owner(&topic);
             self.send(owner, Mail::Unregister { topic, responder: conn.id });
         }
-        let mine: Vec<RequestId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.conn == conn.id.local)
-            .map(|(rid, _)| *rid)
-            .collect();
+        let mine: Vec<RequestId> = if conn.pending_requests.get() == 0 {
+            Vec::new()
+        } else {
+            self.pending
+                .iter()
+                .filter(|(_, p)| p.conn == conn.id.local)
+                .map(|(rid, _)| *rid)
+                .collect()
+        };
         for rid in mine {
             if let Some(p) = self.pending.remove(&rid) {
                 self.send(p.owner, Mail::Forget { rid, timed_out: false });
@@ -241,17 +249,13 @@ impl Shard {
     }
 
     fn subscribe(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
-        let (added, first) = self.subscriptions.add(topic, conn);
-        if !added {
-            return;
+        if conn.topics.borrow().iter().any(|t| **t == *topic) {
+            return; // SUB is idempotent
         }
-        let name = match first {
-            Some(name) => {
-                self.tell_owner_interest(name.clone(), true, Some(conn));
-                name
-            }
-            None => topic.into(),
-        };
+        let (name, first) = self.subscriptions.add(topic, conn);
+        if first {
+            self.tell_owner_interest(name.clone(), true, Some(conn));
+        }
         conn.topics.borrow_mut().push(name);
     }
 
@@ -299,10 +303,10 @@ impl Shard {
     fn publish(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
         let owner = self.placement.owner(msg.target);
         let remote = owner != self.id() || self.interest.shards(msg.target) != 0;
-        let frame = conn.with_uid(|uid| {
-            let sender = Sender { cid: &conn.cid, uid };
-            self.encode(binary, msg, |out| message::write_relay(msg, sender, None, None, out))
-        });
+        if !remote && self.subscriptions.get(msg.target).is_empty() {
+            return; // nobody anywhere subscribes
+        }
+        let frame = self.encode(conn, binary, msg, None, None);
         if !remote {
             // Nobody on another shard: skip the shared allocation.
             let (bytes, start, _) = frame;
@@ -365,12 +369,7 @@ impl Shard {
         }
         let rid = RequestId::new(self.next_request, self.id(), self.config.shards);
         self.next_request += 1;
-        let frame = conn.with_uid(|uid| {
-            let sender = Sender { cid: &conn.cid, uid };
-            self.encode(binary, msg, |out| {
-                message::write_relay(msg, sender, None, Some(rid.0), out)
-            })
-        });
+        let frame = self.encode(conn, binary, msg, None, Some(rid));
         let owner = self.placement.owner(msg.target);
         self.pending.insert(
             rid,
@@ -448,11 +447,7 @@ impl Shard {
         if assigned.abandoned {
             return;
         }
-        let frame = conn.with_uid(|uid| {
-            let sender = Sender { cid: &conn.cid, uid };
-            let req_id = assigned.req_id.as_deref();
-            self.encode(binary, msg, |out| message::write_relay(msg, sender, req_id, None, out))
-        });
+        let frame = self.encode(conn, binary, msg, assigned.req_id.as_deref(), None);
         let to = assigned.requester.shard;
         if to == self.id() {
             let (bytes, start, _) = frame;
@@ -553,8 +548,8 @@ impl Shard {
                         c.reply_text(&payload);
                     }
                 } else {
-                    let (bytes, start) =
-                        self.frame(Opcode::Text, |out| out.extend_from_slice(&payload));
+                    let (bytes, start) = self
+                        .frame(Opcode::Text, payload.len(), |out| out.extend_from_slice(&payload));
                     let frame =
                         SharedFrame { bytes: Arc::new(bytes), start: start as u32, topic: 0..0 };
                     self.send(from.shard, Mail::Direct { to: from, frame });
@@ -729,9 +724,14 @@ impl Shard {
 
     /// Encodes one server frame: `write` appends the payload; returns the buffer and where
     /// the frame starts in it (header room is reserved up front and the unused part skipped).
-    fn frame(&mut self, opcode: Opcode, write: impl FnOnce(&mut Vec<u8>)) -> (Vec<u8>, usize) {
+    fn frame(
+        &mut self,
+        opcode: Opcode,
+        payload_len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> (Vec<u8>, usize) {
         let room = ws::HEADER_BYTES_MAX;
-        let mut bytes = Vec::with_capacity(256);
+        let mut bytes = Vec::with_capacity(room + payload_len);
         bytes.resize(room, 0);
         write(&mut bytes);
         let len = bytes.len() - room;
@@ -742,15 +742,23 @@ impl Shard {
         (bytes, start)
     }
 
-    /// Encodes a relayed message; also returns where its topic is.
+    /// Encodes the relayed form of `msg` from `conn` as one frame, sized exactly; also
+    /// returns where its topic is.
     fn encode(
         &mut self,
+        conn: &Connection,
         binary: bool,
         msg: &Message<'_>,
-        write: impl FnOnce(&mut Vec<u8>),
+        req_id: Option<&[u8]>,
+        rid: Option<RequestId>,
     ) -> (Vec<u8>, usize, std::ops::Range<u32>) {
         let opcode = if binary { Opcode::Binary } else { Opcode::Text };
-        let (bytes, start) = self.frame(opcode, write);
+        let rid = rid.map(|r| r.0);
+        let (bytes, start) = conn.with_uid(|uid| {
+            let sender = Sender { cid: &conn.cid, uid };
+            let len = message::relay_len(msg, sender, req_id, rid);
+            self.frame(opcode, len, |out| message::write_relay(msg, sender, req_id, rid, out))
+        });
         let topic_start = ws::HEADER_BYTES_MAX + msg.word.len() + 1;
         let topic = topic_start as u32..(topic_start + msg.target.len()) as u32;
         debug_assert_eq!(&bytes[topic.start as usize..topic.end as usize], msg.target);

@@ -60,22 +60,22 @@ pub struct LocalSubscriptions {
 }
 
 impl LocalSubscriptions {
-    /// Adds `conn`; returns `Some(topic)` if the topic had no local subscriber before (the
-    /// owner must hear about it), `None` if nothing changed for the owner. `added` tells
-    /// whether `conn` was new to the topic (SUB is idempotent).
-    pub fn add(&mut self, topic: &[u8], conn: &Rc<Connection>) -> (bool, Option<TopicName>) {
-        if let Some(list) = self.by_topic.get_mut(topic) {
-            if list.iter().any(|c| Rc::ptr_eq(c, conn)) {
-                return (false, None);
-            }
+    /// Adds `conn`, which must not be subscribed yet (the caller checks its own list, which
+    /// is short, instead of the topic's, which may be long). Returns the shared topic name and
+    /// whether the topic had no local subscriber before (the owner must hear about it).
+    pub fn add(&mut self, topic: &[u8], conn: &Rc<Connection>) -> (TopicName, bool) {
+        if let Some((name, _)) = self.by_topic.get_key_value(topic) {
+            let name = name.clone();
+            let list = self.by_topic.get_mut(topic).expect("the entry was just found");
+            debug_assert!(!list.iter().any(|c| Rc::ptr_eq(c, conn)), "subscribed twice");
             list.push(conn.clone());
-            return (true, None);
+            return (name, false);
         }
         let name: TopicName = topic.into();
         let mut list = SmallVec::new();
         list.push(conn.clone());
         self.by_topic.insert(name.clone(), list);
-        (true, Some(name))
+        (name, true)
     }
 
     /// Removes `conn`; returns whether it was subscribed, and `Some(topic)` if that emptied
