@@ -28,12 +28,15 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
 
+use ahash::AHashMap;
+
 use crate::auth::Keys;
 use crate::config::Config;
 use crate::connection::io::{serve, ConnectionSettings, ShardContext, SCRATCH_BYTES};
 use crate::connection::Connection;
 use crate::ids::{ConnectionId, ShardId};
 use crate::protocol::handshake;
+use crate::protocol::ws::CloseCode;
 use crate::protocol::message::Limits;
 use crate::shard::mailbox::{mailboxes, Inbox, Mail, Mailboxes};
 use crate::shard::topics::SHARDS_MAX;
@@ -194,7 +197,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         }
     }
     let runtime = Rc::new(Runtime {
-        live: Cell::new(0),
+        live: RefCell::new(AHashMap::new()),
         live_max: config.connections_max.div_ceil(shards),
         next_local: Cell::new(1),
         epoch,
@@ -220,15 +223,23 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
     // Stop accepting: dropping the accept tasks closes the listeners.
     drop(accepting);
     let deadline = Instant::now() + config.drain_timeout;
-    ctx.shard.borrow_mut().close_all();
-    while runtime.live.get() > 0 && Instant::now() < deadline {
+    for conn in runtime.live.borrow().values() {
+        // Authenticated or not: a connection that finished its upgrade gets a close frame; one
+        // still sending its upgrade request is simply closed.
+        if conn.upgraded.get() {
+            conn.close(CloseCode::GOING_AWAY, "going away");
+        } else {
+            conn.close_silently();
+        }
+    }
+    while !runtime.live.borrow().is_empty() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
-    if runtime.live.get() > 0 {
+    if !runtime.live.borrow().is_empty() {
         log::warn!(
             "shard {}: {} connection(s) still open at the drain timeout",
             id.0,
-            runtime.live.get()
+            runtime.live.borrow().len()
         );
     }
     drop(ticker);
@@ -237,8 +248,8 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
 
 /// Shard-local runtime state.
 struct Runtime {
-    /// Connection tasks alive on this shard, authenticated or not.
-    live: Cell<usize>,
+    /// Connections alive on this shard, authenticated or not.
+    live: RefCell<AHashMap<u64, Rc<Connection>>>,
     live_max: usize,
     next_local: Cell<u64>,
     epoch: u32,
@@ -255,7 +266,7 @@ async fn accept_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>, listener: TcpL
                 continue;
             }
         };
-        if runtime.live.get() >= runtime.live_max {
+        if runtime.live.borrow().len() >= runtime.live_max {
             glommio::spawn_local(async move {
                 let mut stream = stream;
                 let _ = stream.write_all(handshake::SERVICE_UNAVAILABLE).await;
@@ -268,11 +279,11 @@ async fn accept_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>, listener: TcpL
         runtime.next_local.set(local + 1);
         let id = ConnectionId { epoch: runtime.epoch, shard: ctx.shard.borrow().id(), local };
         let conn = Connection::new(id);
-        runtime.live.set(runtime.live.get() + 1);
+        runtime.live.borrow_mut().insert(local, conn.clone());
         let (ctx, runtime) = (ctx.clone(), runtime.clone());
         glommio::spawn_local(async move {
             serve(ctx, stream, conn).await;
-            runtime.live.set(runtime.live.get() - 1);
+            runtime.live.borrow_mut().remove(&local);
         })
         .detach();
     }

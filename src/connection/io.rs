@@ -327,6 +327,7 @@ impl Reader {
                 }
                 Upgrade::Accept { consumed, response, .. } => {
                     self.conn.reply(raw_frame(response));
+                    self.conn.upgraded.set(true);
                     self.phase = Phase::Key;
                     used = consumed;
                 }

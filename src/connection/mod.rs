@@ -50,6 +50,8 @@ pub struct Connection {
     pub id: ConnectionId,
     pub cid: [u8; CID_LEN],
     pub role: Cell<Option<Role>>,
+    /// The WebSocket upgrade is done: close frames may be sent.
+    pub upgraded: Cell<bool>,
     uid: RefCell<Box<[u8]>>,
     out: RefCell<OutQueue>,
     /// The writer parks here when the queue is empty.
@@ -90,6 +92,7 @@ impl Connection {
             id,
             cid: id.encode(),
             role: Cell::new(None),
+            upgraded: Cell::new(false),
             uid: RefCell::new(Box::default()),
             out: RefCell::new(OutQueue::default()),
             writer: Cell::new(None),

@@ -36,7 +36,7 @@ use crate::grants::{Grant, Grants};
 use crate::ids::{ConnectionId, RequestId, ShardId};
 use crate::protocol::message::{self, Command, Message, Sender};
 use crate::protocol::reply::{self, ErrorCode};
-use crate::protocol::ws::{self, CloseCode, Opcode};
+use crate::protocol::ws::{self, Opcode};
 use mailbox::{Mail, Mailboxes, Request, SharedFrame, TopicName};
 use requests::{Assigned, Pending, Pools};
 use topics::{each_shard, Interest, LocalSubscriptions, Placement};
@@ -763,13 +763,6 @@ impl Shard {
         let topic = topic_start as u32..(topic_start + msg.target.len()) as u32;
         debug_assert_eq!(&bytes[topic.start as usize..topic.end as usize], msg.target);
         (bytes, start, topic)
-    }
-
-    /// Closes every connection with 1001 `going away`, after what is queued for it.
-    pub fn close_all(&mut self) {
-        for conn in self.connections.values() {
-            conn.close(CloseCode::GOING_AWAY, "going away");
-        }
     }
 }
 
