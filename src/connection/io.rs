@@ -113,6 +113,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, conn: Rc<Connection
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
+    conn.fd.set(Some(fd));
     let stream = Rc::new(RefCell::new(stream));
     let writer = glommio::spawn_local(write_loop(conn.clone(), stream.clone(), fd));
     let mut reader = Reader {
@@ -126,6 +127,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, conn: Rc<Connection
         deferred: None,
     };
     reader.run().await;
+    conn.fd.set(None);
     ctx.shard.borrow_mut().disconnect(&conn);
     ctx.flush_mail();
     if !conn.writer_done() {
