@@ -18,6 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -36,8 +37,8 @@ use crate::connection::io::{serve, ConnectionSettings, ShardContext, SCRATCH_BYT
 use crate::connection::Connection;
 use crate::ids::{ConnectionId, ShardId};
 use crate::protocol::handshake;
-use crate::protocol::ws::CloseCode;
 use crate::protocol::message::Limits;
+use crate::protocol::ws::CloseCode;
 use crate::shard::mailbox::{mailboxes, Inbox, Mail, Mailboxes};
 use crate::shard::topics::SHARDS_MAX;
 use crate::shard::{Shard, ShardConfig};
@@ -49,6 +50,9 @@ pub const INBOX_CAPACITY: usize = 16 * 1024;
 /// io_uring memory per executor. It only backs file I/O, which a broker does not do; the
 /// default (10 MiB, three rings) fails under an 8 MiB memlock limit.
 const IO_MEMORY: usize = 256 << 10;
+
+/// Pending connections per listener (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// How often a shard looks at request deadlines and retries backlogged mail.
 const TICK: Duration = Duration::from_millis(10);
@@ -70,6 +74,9 @@ pub fn run(config: Config) -> Result<(), String> {
     let (listen, port_holders) = resolve_ports(&config.listen)?;
 
     let (mail, inboxes) = mailboxes(shards, INBOX_CAPACITY);
+    // Before any shard runs: a signal that arrives during start-up is queued as mail and
+    // handled as soon as the shards start, never the default action (death).
+    spawn_signal_thread(mail.clone())?;
     let inboxes: Arc<Mutex<Vec<Option<Inbox>>>> =
         Arc::new(Mutex::new(inboxes.into_iter().map(Some).collect()));
     let next_shard = Arc::new(AtomicUsize::new(0));
@@ -134,7 +141,6 @@ pub fn run(config: Config) -> Result<(), String> {
         listen
     );
 
-    spawn_signal_thread(mail.clone())?;
     let mut failed = None;
     for result in pool.join_all() {
         if let Err(e) = result {
@@ -187,9 +193,15 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         shutdown_waker: Cell::new(None),
     });
     let mut listeners = Vec::with_capacity(listen.len());
+    let mut listener_fds = Vec::with_capacity(listen.len());
     for addr in &listen {
-        match TcpListener::bind(addr) {
-            Ok(l) => listeners.push(l),
+        match listen_socket(*addr) {
+            Ok(socket) => {
+                listener_fds.push(socket.as_raw_fd());
+                // SAFETY: the descriptor is a freshly created listening TCP socket whose
+                // ownership moves into the glommio listener here and nowhere else.
+                listeners.push(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) });
+            }
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
                 return;
@@ -210,19 +222,19 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
     let ticker = glommio::spawn_local(tick_loop(ctx.clone()));
     let _ = ready.send(Ok(()));
 
-    poll_fn(|cx| {
-        if ctx.shard.borrow().shutdown_requested {
-            Poll::Ready(())
-        } else {
-            ctx.shutdown_waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        }
-    })
-    .await;
-
-    // Stop accepting: dropping the accept tasks closes the listeners.
-    drop(accepting);
+    wait_for(&ctx, |shard| shard.shutdown_requested).await;
     let deadline = Instant::now() + config.drain_timeout;
+    // Stop accepting. Shutting the sockets down also ends glommio's accept in flight, which
+    // would otherwise keep the socket listening (and new connections hanging) until exit.
+    for fd in &listener_fds {
+        // SAFETY: `fd` belongs to a listener in `accepting`, which is still alive here.
+        unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+    }
+    drop(accepting);
+    // Wait until mail from before the shutdown has landed everywhere (bounded by the drain
+    // timeout in case a shard is stuck), then close.
+    let barrier = wait_for(&ctx, Shard::drained);
+    futures_lite::future::or(barrier, glommio::timer::sleep(config.drain_timeout)).await;
     for conn in runtime.live.borrow().values() {
         // Authenticated or not: a connection that finished its upgrade gets a close frame; one
         // still sending its upgrade request is simply closed.
@@ -244,6 +256,34 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
     }
     drop(ticker);
     drop(mail_loop);
+}
+
+/// Resolves once `done` holds for the shard; re-checked whenever mail is handled.
+async fn wait_for(ctx: &ShardContext, done: impl Fn(&Shard) -> bool) {
+    poll_fn(|cx| {
+        if done(&ctx.shard.borrow()) {
+            Poll::Ready(())
+        } else {
+            ctx.shutdown_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// A listening socket on `addr` shared by every shard (SO_REUSEPORT), with a backlog large
+/// enough for connection bursts.
+fn listen_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
 }
 
 /// Shard-local runtime state.

@@ -1,6 +1,5 @@
-//! Checks the upgrade and the key handshake (PROTOCOL.md §1-2): `MM OK` and the cid, bad keys,
-//! the auth timeout, any path, plain HTTP, and the private `MSG:<cid>` topic across shards.
-//! How: starts the real binary with two shards on 127.0.0.1:0 and talks to it over loopback.
+//! Checks handshake (§1-2): MM OK + cid, bad key, auth timeout, any path, HTTP 400, MSG:<cid>.
+//! How: real binary, two shards on 127.0.0.1:0, tungstenite and raw-TCP peers over loopback.
 
 mod common;
 
@@ -13,16 +12,11 @@ use middleman::ids::ConnectionId;
 fn assert_cid_shape(cid: &str) {
     assert_eq!(cid.len(), 20, "cid {cid:?} is not 20 characters");
     assert!(
-        cid.bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'v').contains(&c)),
+        cid.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'v').contains(&c)),
         "cid {cid:?} has characters outside 0-9a-v"
     );
     let id = ConnectionId::parse(cid.as_bytes()).expect("cid parses");
-    assert!(
-        id.shard.0 < 2,
-        "cid {cid:?} names shard {} of 2",
-        id.shard.0
-    );
+    assert!(id.shard.0 < 2, "cid {cid:?} names shard {} of 2", id.shard.0);
 }
 
 #[test]
@@ -54,11 +48,7 @@ fn cids_are_unique_and_name_both_shards() {
             kept.push(c);
         }
     }
-    assert_eq!(
-        shards,
-        HashSet::from([0, 1]),
-        "60 connections did not reach both shards"
-    );
+    assert_eq!(shards, HashSet::from([0, 1]), "60 connections did not reach both shards");
 }
 
 #[test]
@@ -102,10 +92,7 @@ fn no_key_within_the_auth_timeout_gets_1008_auth_timeout() {
         elapsed >= Duration::from_millis(400),
         "closed after {elapsed:?}, before the 500ms auth timeout"
     );
-    assert!(
-        elapsed < Duration::from_secs(3),
-        "auth timeout of 500ms took {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(3), "auth timeout of 500ms took {elapsed:?}");
 }
 
 #[test]
@@ -142,13 +129,7 @@ fn every_configured_service_and_client_key_is_accepted_with_its_role() {
 #[test]
 fn upgrade_is_accepted_on_any_path() {
     let server = Server::start(&[]);
-    for path in [
-        "/",
-        "/ws",
-        "/middleman/v1",
-        "/a/b/c?x=1&y=two",
-        "/%20spaced",
-    ] {
+    for path in ["/", "/ws", "/middleman/v1", "/a/b/c?x=1&y=two", "/%20spaced"] {
         let mut c = server
             .try_connect_path(SERVICE_KEY, path)
             .unwrap_or_else(|e| panic!("path {path:?}: {e}"));
@@ -159,24 +140,16 @@ fn upgrade_is_accepted_on_any_path() {
 #[test]
 fn plain_http_request_gets_400() {
     let mut server = Server::start(&[]);
-    let response = raw_http(
-        server.port,
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-    );
-    assert!(
-        response.starts_with("HTTP/1.1 400"),
-        "a non-upgrade GET got {response:?}"
-    );
+    let response =
+        raw_http(server.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert!(response.starts_with("HTTP/1.1 400"), "a non-upgrade GET got {response:?}");
     server.assert_serving();
 }
 
 #[test]
 fn garbage_instead_of_http_does_not_hurt_the_server() {
     let mut server = Server::start(&[]);
-    let _ = raw_http(
-        server.port,
-        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n",
-    );
+    let _ = raw_http(server.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n");
     let _ = raw_http(server.port, b"\r\n\r\n");
     server.assert_serving();
 }
@@ -205,14 +178,7 @@ fn service_reaches_a_connection_through_its_private_topic_on_either_shard() {
         let mut other = server.client_on(client_shard);
         let topic = format!("MSG:{}", target.cid);
         svc.send_text(&msg("PUB", &topic, &[("X", "y")], "direct"));
-        target.expect_text(&relayed(
-            "PUB",
-            &topic,
-            &[("X", "y")],
-            &svc.cid,
-            "",
-            "direct",
-        ));
+        target.expect_text(&relayed("PUB", &topic, &[("X", "y")], &svc.cid, "", "direct"));
         other.expect_silence(SILENCE);
         svc.expect_silence(Duration::from_millis(50));
     }

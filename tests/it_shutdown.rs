@@ -114,7 +114,11 @@ fn sigterm_with_no_connections_exits_promptly() {
     server.terminate();
     let status =
         server.wait_exit(DRAIN + SLACK).expect("an idle server exits within the drain timeout");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status:?}: SIGTERM right after `listening on` must drain, not kill"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(1),
         "an idle server took {:?} to exit",

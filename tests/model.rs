@@ -314,3 +314,60 @@ fn every_request_reaches_exactly_one_responder_and_comes_back() {
         assert!(asked > 0);
     }
 }
+
+#[test]
+fn drain_barrier_completes_only_after_everything_in_flight_has_landed() {
+    for seed in 0..30u64 {
+        let mut rng = StdRng::seed_from_u64(3000 + seed);
+        let shards = rng.random_range(1..=4);
+        let mut cluster = Cluster::new(shards);
+        let conns: Vec<usize> = (0..8).map(|i| cluster.connect(i % shards)).collect();
+        for &c in &conns {
+            cluster.send(c, "SUB news\r\n\r\n.\r\n");
+        }
+        cluster.settle();
+        let mut got: HashMap<usize, usize> = HashMap::new();
+        let mut published = 0;
+        for _ in 0..rng.random_range(1..40) {
+            let who = conns[rng.random_range(0..conns.len())];
+            cluster.send(who, "PUB news\r\n\r\nx\r\n.\r\n");
+            published += 1;
+            cluster.step(&mut |_| rng.random_bool(0.3));
+        }
+        // The signal reaches the shards one by one, while mail is still moving.
+        let mut order: Vec<usize> = (0..shards).collect();
+        order.sort_by_key(|_| rng.random::<u32>());
+        let mut drained_at: HashMap<usize, HashMap<usize, usize>> = HashMap::new();
+        let mut pending_signals = order.into_iter();
+        loop {
+            if rng.random_bool(0.5) {
+                if let Some(s) = pending_signals.next() {
+                    cluster.shards[s].begin_drain();
+                }
+            }
+            let moved = cluster.step(&mut |_| rng.random_bool(0.5));
+            for &c in &conns {
+                *got.entry(c).or_default() += cluster.received(c).len();
+            }
+            for s in 0..shards {
+                if cluster.shards[s].drained() && !drained_at.contains_key(&s) {
+                    drained_at.insert(s, got.clone());
+                }
+            }
+            if !moved && pending_signals.len() == 0 && drained_at.len() == shards {
+                break;
+            }
+            if !moved && pending_signals.len() == 0 {
+                cluster.settle();
+            }
+        }
+        for &c in &conns {
+            assert_eq!(got[&c], published, "seed {seed}: connection {c} missed messages");
+            let shard = cluster.conns[c].as_ref().unwrap().id.shard.index();
+            assert_eq!(
+                drained_at[&shard][&c], published,
+                "seed {seed}: shard {shard} drained before connection {c} had everything"
+            );
+        }
+    }
+}

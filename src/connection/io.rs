@@ -407,6 +407,9 @@ fn peer_text(peer: Option<SocketAddr>) -> String {
 
 /// The first message: the key.
 fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAddr>, key: &[u8]) {
+    if ctx.shard.borrow().shutdown_requested {
+        return; // draining: no new logins; the connection is closed with 1001
+    }
     match ctx.keys.role(key) {
         Some(role) => {
             conn.role.set(Some(role));

@@ -76,6 +76,9 @@ pub enum Mail {
     Direct { to: ConnectionId, frame: SharedFrame },
     /// From the signal thread: drain and stop.
     Shutdown,
+    /// Between draining shards: every mail I sent you before this, in round `round` of the
+    /// drain barrier, is in your inbox (see `Shard::begin_drain`).
+    Drain { round: u8 },
 }
 
 /// A REQ on its way to a responder.

@@ -90,6 +90,24 @@ pub struct Shard {
     header: Vec<u8>,
     pub stats: Stats,
     pub shutdown_requested: bool,
+    drain: Drain,
+}
+
+/// Rounds of the drain barrier: a message can take two hops after it leaves its shard
+/// (REQ: requester, owner, responder; PUB: publisher, owner, subscriber), plus one for the
+/// bookkeeping it causes.
+const DRAIN_ROUNDS: usize = 3;
+
+/// Progress of the drain barrier.
+#[derive(Debug, Default)]
+struct Drain {
+    /// Rounds of markers this shard has sent to every other shard.
+    sent: usize,
+    /// Markers received, per round.
+    received: [usize; DRAIN_ROUNDS],
+    /// Every round is complete: no mail caused by input from before the shutdown is still
+    /// on its way here.
+    done: bool,
 }
 
 impl Shard {
@@ -113,6 +131,7 @@ impl Shard {
             header: Vec::with_capacity(ws::HEADER_BYTES_MAX),
             stats: Stats::default(),
             shutdown_requested: false,
+            drain: Drain::default(),
         }
     }
 
@@ -636,8 +655,54 @@ impl Shard {
                     }));
                 }
             }
-            Mail::Shutdown => self.shutdown_requested = true,
+            Mail::Shutdown => self.begin_drain(),
+            Mail::Drain { round } => {
+                self.drain.received[usize::from(round)] += 1;
+                self.advance_drain();
+            }
         }
+    }
+
+    /// Starts the shutdown barrier. From now on the runtime handles no more input from
+    /// sockets; the shards exchange `Drain` markers in rounds. A shard sends round `r + 1`
+    /// once it has sent round `r` and received round `r` from every other shard; since mail
+    /// between two shards stays in order, after the last round every mail that input from
+    /// before the shutdown caused, through every hop, has been handled. Only then are the
+    /// connections closed, so nothing already accepted is lost between shards.
+    pub fn begin_drain(&mut self) {
+        if self.shutdown_requested {
+            return;
+        }
+        self.shutdown_requested = true;
+        self.advance_drain();
+    }
+
+    fn advance_drain(&mut self) {
+        while self.shutdown_requested && !self.drain.done {
+            if let Some(last) = self.drain.sent.checked_sub(1) {
+                if self.drain.received[last] < self.config.shards - 1 {
+                    return;
+                }
+                if self.drain.sent == DRAIN_ROUNDS {
+                    self.drain.done = true;
+                    return;
+                }
+            }
+            let round = self.drain.sent as u8;
+            let me = self.id();
+            for s in 0..self.config.shards {
+                let shard = ShardId(s as u16);
+                if shard != me {
+                    self.send(shard, Mail::Drain { round });
+                }
+            }
+            self.drain.sent += 1;
+        }
+    }
+
+    /// The drain barrier is complete (see [`Shard::begin_drain`]).
+    pub fn drained(&self) -> bool {
+        self.drain.done
     }
 
     /// At the owner, then at the responder's shard.

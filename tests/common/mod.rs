@@ -1,8 +1,8 @@
-//! Checks nothing by itself: the harness the `it_*` integration tests share.
-//! How: spawns the real `middleman` binary on 127.0.0.1:0 and drives it over loopback sockets
-//! (tungstenite's blocking client with read timeouts, or raw TCP), so no test can hang.
+//! Checks nothing by itself: the shared harness (server process, WebSocket peers, messages).
+//! How: spawns the real binary on 127.0.0.1:0; every read has a deadline, so no test can hang.
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -50,6 +50,8 @@ pub struct Server {
     pub port: u16,
     log: Arc<Mutex<Vec<u8>>>,
     service_keys: Vec<String>,
+    /// One service per shard, opened by the first `settle`.
+    relays: RefCell<Vec<Client>>,
 }
 
 impl Server {
@@ -110,6 +112,7 @@ impl Server {
             port: 0,
             log,
             service_keys: service_keys.iter().map(|k| k.to_string()).collect(),
+            relays: RefCell::new(Vec::new()),
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
@@ -197,8 +200,7 @@ impl Server {
 
     /// Upgrade on `/` and log in with `key`; panics on any failure.
     pub fn connect(&self, key: &str) -> Client {
-        self.try_connect_path(key, "/")
-            .unwrap_or_else(|e| panic!("connect with key {key:?}: {e}"))
+        self.try_connect_path(key, "/").unwrap_or_else(|e| panic!("connect with key {key:?}: {e}"))
     }
 
     pub fn try_connect(&self, key: &str) -> Result<Client, String> {
@@ -233,6 +235,37 @@ impl Server {
         panic!("no connection landed on shard {shard} in 32 tries (saw shards {seen:?})");
     }
 
+    /// Waits until all cross-shard mail queued before now has been handled: a service on each
+    /// shard sends to the private topic of a service on every other shard and waits for it to
+    /// arrive. Mail between two shards is first in, first out, so whatever a shard had queued
+    /// for another (a subscription's interest, a responder's registration) lands first.
+    ///
+    /// Use it after `sync` on the connection whose command must take effect everywhere (a
+    /// `SUB` followed by a `PUB` from another connection). PROTOCOL.md gives no acknowledgement
+    /// for `SUB`; `it_ordering.rs` checks separately whether a `SUB` followed by a round trip
+    /// is enough on its own.
+    pub fn settle(&self) {
+        let mut relays = self.relays.borrow_mut();
+        if relays.is_empty() {
+            relays.push(self.service_on(0));
+            relays.push(self.service_on(1));
+        }
+        for from in 0..relays.len() {
+            for to in 0..relays.len() {
+                if from != to {
+                    let (a, b) = if from < to {
+                        let (left, right) = relays.split_at_mut(to);
+                        (&mut left[from], &mut right[0])
+                    } else {
+                        let (left, right) = relays.split_at_mut(from);
+                        (&mut right[0], &mut left[to])
+                    };
+                    tell(a, b);
+                }
+            }
+        }
+    }
+
     pub fn service_on(&self, shard: u16) -> Client {
         self.connect_on_shard(SERVICE_KEY, shard)
     }
@@ -253,9 +286,7 @@ impl Drop for Server {
             thread::sleep(Duration::from_millis(50));
             let log = self.log();
             let start = log.len().saturating_sub(16_384);
-            let start = (start..log.len())
-                .find(|&i| log.is_char_boundary(i))
-                .unwrap_or(log.len());
+            let start = (start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(log.len());
             let tail = &log[start..];
             eprintln!("---- middleman stderr (tail) ----\n{tail}\n---- end of stderr ----");
         }
@@ -319,23 +350,15 @@ impl Client {
     /// The WebSocket upgrade over an already connected stream.
     pub fn upgrade_stream(stream: TcpStream, port: u16, path: &str) -> Result<Client, String> {
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(READ_SLICE))
-            .map_err(|e| e.to_string())?;
-        stream
-            .set_write_timeout(Some(Duration::from_millis(100)))
-            .map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(READ_SLICE)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
         let url = format!("ws://127.0.0.1:{port}{path}");
         let deadline = Instant::now() + RECV_TIMEOUT;
         let mut attempt = tungstenite::client::client(url.as_str(), stream);
         loop {
             match attempt {
                 Ok((ws, _response)) => {
-                    return Ok(Client {
-                        ws,
-                        cid: String::new(),
-                        service: false,
-                    })
+                    return Ok(Client { ws, cid: String::new(), service: false })
                 }
                 Err(tungstenite::HandshakeError::Interrupted(mid)) => {
                     if Instant::now() >= deadline {
@@ -412,15 +435,12 @@ impl Client {
 
     /// Sends one raw frame (tungstenite masks it); for fragments and invalid UTF-8.
     pub fn send_frame(&mut self, frame: Frame) {
-        self.try_send(Message::Frame(frame))
-            .unwrap_or_else(|e| panic!("send_frame: {e}"));
+        self.try_send(Message::Frame(frame)).unwrap_or_else(|e| panic!("send_frame: {e}"));
     }
 
     /// Buffers a text message without flushing; call `flush` after a batch.
     pub fn queue_text(&mut self, text: &str) {
-        self.ws
-            .write(Message::text(text))
-            .unwrap_or_else(|e| panic!("queue_text: {e}"));
+        self.ws.write(Message::text(text)).unwrap_or_else(|e| panic!("queue_text: {e}"));
     }
 
     pub fn flush(&mut self) {
@@ -429,12 +449,8 @@ impl Client {
 
     /// Sends a close frame with `code`.
     pub fn close(&mut self, code: u16) {
-        let frame = tungstenite::protocol::CloseFrame {
-            code: code.into(),
-            reason: "".into(),
-        };
-        self.try_send(Message::Close(Some(frame)))
-            .unwrap_or_else(|e| panic!("close: {e}"));
+        let frame = tungstenite::protocol::CloseFrame { code: code.into(), reason: "".into() };
+        self.try_send(Message::Close(Some(frame))).unwrap_or_else(|e| panic!("close: {e}"));
     }
 
     /// The next event within `timeout`; pings and pongs are skipped (tungstenite answers pings).
@@ -449,10 +465,7 @@ impl Client {
                     })
                 }
                 Ok(Message::Binary(data)) => {
-                    return Event::Message(Received {
-                        binary: true,
-                        data: data.to_vec(),
-                    })
+                    return Event::Message(Received { binary: true, data: data.to_vec() })
                 }
                 Ok(Message::Close(frame)) => {
                     return Event::Close(
@@ -478,10 +491,7 @@ impl Client {
     pub fn recv_within(&mut self, timeout: Duration) -> Received {
         match self.next_event(timeout) {
             Event::Message(m) => m,
-            other => panic!(
-                "{} expected a message within {timeout:?}, got {other:?}",
-                self.who()
-            ),
+            other => panic!("{} expected a message within {timeout:?}, got {other:?}", self.who()),
         }
     }
 
@@ -501,22 +511,13 @@ impl Client {
             "{} got the wrong message",
             self.who()
         );
-        assert!(
-            !m.binary,
-            "{} expected a text frame, got binary",
-            self.who()
-        );
+        assert!(!m.binary, "{} expected a text frame, got binary", self.who());
     }
 
     /// The next message must be a binary frame with exactly these bytes.
     pub fn expect_binary(&mut self, expected: &[u8]) {
         let m = self.recv();
-        assert_eq!(
-            show(&m.data),
-            show(expected),
-            "{} got the wrong message",
-            self.who()
-        );
+        assert_eq!(show(&m.data), show(expected), "{} got the wrong message", self.who());
         assert!(m.binary, "{} expected a binary frame, got text", self.who());
     }
 
@@ -534,12 +535,7 @@ impl Client {
     pub fn expect_malformed(&mut self) -> String {
         let text = self.recv_text();
         let p = parse(text.as_bytes());
-        assert_eq!(
-            p.first_line,
-            "PUB ERROR",
-            "{} expected an error: {text:?}",
-            self.who()
-        );
+        assert_eq!(p.first_line, "PUB ERROR", "{} expected an error: {text:?}", self.who());
         assert_eq!(
             p.headers,
             vec![("Code".to_owned(), "malformed".to_owned())],
@@ -552,11 +548,7 @@ impl Client {
             "{} malformed error text: {body:?}",
             self.who()
         );
-        assert_eq!(
-            body.matches('\n').count(),
-            1,
-            "error text is one line: {body:?}"
-        );
+        assert_eq!(body.matches('\n').count(), 1, "error text is one line: {body:?}");
         body.trim_end().to_owned()
     }
 
@@ -564,10 +556,7 @@ impl Client {
     pub fn expect_silence(&mut self, duration: Duration) {
         match self.next_event(duration) {
             Event::Timeout => {}
-            other => panic!(
-                "{} expected silence for {duration:?}, got {other:?}",
-                self.who()
-            ),
+            other => panic!("{} expected silence for {duration:?}, got {other:?}", self.who()),
         }
     }
 
@@ -579,10 +568,9 @@ impl Client {
     pub fn expect_close_within(&mut self, timeout: Duration) -> (u16, String) {
         match self.next_event(timeout) {
             Event::Close(Some(close)) => close,
-            other => panic!(
-                "{} expected a close frame within {timeout:?}, got {other:?}",
-                self.who()
-            ),
+            other => {
+                panic!("{} expected a close frame within {timeout:?}, got {other:?}", self.who())
+            }
         }
     }
 
@@ -599,20 +587,14 @@ impl Client {
             let p = m.parse();
             assert_eq!(
                 (p.first_line.as_str(), show(&p.body)),
-                (
-                    format!("PUB {topic}").as_str(),
-                    show(format!("{body}\r\n").as_bytes())
-                ),
+                (format!("PUB {topic}").as_str(), show(format!("{body}\r\n").as_bytes())),
                 "{} sync: expected its own `{body}` back",
                 self.who()
             );
         } else {
             let target = format!("sync-{n}");
             self.send_text(&msg("BARRIER", &target, &[], ""));
-            self.expect_error(
-                "unknown-command",
-                &format!("Unknown command BARRIER {target}"),
-            );
+            self.expect_error("unknown-command", &format!("Unknown command BARRIER {target}"));
         }
     }
 
@@ -636,10 +618,7 @@ pub fn tell(from: &mut Client, to: &mut Client) {
     let got = to.recv().parse();
     assert_eq!(
         (got.first_line, show(&got.body)),
-        (
-            format!("PUB {topic}"),
-            show(format!("{body}\r\n").as_bytes())
-        ),
+        (format!("PUB {topic}"), show(format!("{body}\r\n").as_bytes())),
         "hand-off message from {}",
         from.cid
     );
@@ -718,10 +697,7 @@ pub struct Parsed {
 impl Parsed {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Every value of the headers named `name` (case-insensitive), in order.
@@ -758,29 +734,18 @@ pub fn parse(data: &[u8]) -> Parsed {
             let (name, value) = line
                 .split_once(':')
                 .unwrap_or_else(|| panic!("header without colon in {}", show(data)));
-            (
-                name.to_owned(),
-                value.trim_start_matches([' ', '\t']).to_owned(),
-            )
+            (name.to_owned(), value.trim_start_matches([' ', '\t']).to_owned())
         })
         .collect();
     let rest = &text[end_of_head + 4..];
-    assert!(
-        rest.ends_with(b".\r\n"),
-        "server output does not end with `.\\r\\n`: {}",
-        show(data)
-    );
+    assert!(rest.ends_with(b".\r\n"), "server output does not end with `.\\r\\n`: {}", show(data));
     let body = rest[..rest.len() - 3].to_vec();
     assert!(
         body.is_empty() || body.ends_with(b"\n"),
         "the final `.` is not on a line of its own: {}",
         show(data)
     );
-    Parsed {
-        first_line,
-        headers,
-        body,
-    }
+    Parsed { first_line, headers, body }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -794,10 +759,7 @@ pub fn show(data: &[u8]) -> String {
 
 /// `(String, String)` header pairs from `&str` pairs, for comparing with `Parsed::headers`.
 pub fn owned(headers: &[(&str, &str)]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect()
+    headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
 }
 
 /// A data frame for `Client::send_frame`: `Data::Text`, `Data::Binary` or `Data::Continue`.
@@ -859,9 +821,7 @@ pub fn tcp_with_small_receive_buffer(port: u16, bytes: i32) -> TcpStream {
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
-            },
+            sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
             sin_zero: [0; 8],
         };
         let rc = libc::connect(
@@ -901,10 +861,7 @@ impl RawWs {
             TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("tcp connect for raw ws");
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(READ_SLICE)).unwrap();
-        let mut raw = RawWs {
-            stream,
-            buf: Vec::new(),
-        };
+        let mut raw = RawWs { stream, buf: Vec::new() };
         let request = format!(
             "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -921,10 +878,7 @@ impl RawWs {
         };
         let response = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
         raw.buf.drain(..end);
-        assert!(
-            response.starts_with("HTTP/1.1 101"),
-            "upgrade response: {response:?}"
-        );
+        assert!(response.starts_with("HTTP/1.1 101"), "upgrade response: {response:?}");
         assert!(
             response
                 .to_ascii_lowercase()
@@ -996,14 +950,8 @@ fn decode_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     }
     let masked = buf[1] & 0x80 != 0;
     let (len, mut at) = match buf[1] & 0x7f {
-        126 => (
-            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
-            4,
-        ),
-        127 => (
-            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
-            10,
-        ),
+        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize, 10),
         n => (n as usize, 2),
     };
     let mask = if masked {
