@@ -134,25 +134,78 @@ impl OutQueue {
         }
     }
 
-    /// Writes as much as the socket takes with one `sendmsg` over up to [`IOVECS_MAX`] frames.
-    /// Returns the bytes written; `WouldBlock` when the socket is full.
+    /// Writes as much as the socket takes with one `sendmsg`. Returns the bytes written;
+    /// `WouldBlock` when the socket is full.
+    ///
+    /// Small frames are copied into the thread's gather buffer and sent as one run: the
+    /// kernel's cost per iovec is far higher than a copy of a few hundred bytes (profiled:
+    /// with one iovec per 200-byte frame, `_copy_from_iter` took a quarter of the core).
+    /// Large frames are sent from where they are, without a copy.
     pub fn send_to(&mut self, fd: RawFd) -> io::Result<usize> {
-        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOVECS_MAX];
-        let mut count = 0;
-        for (i, frame) in self.frames.iter().take(IOVECS_MAX).enumerate() {
-            let bytes = frame.as_slice();
-            let bytes = if i == 0 { &bytes[self.head_sent..] } else { bytes };
-            iov[i] =
-                libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
-            count += 1;
-        }
-        if count == 0 {
-            return Ok(0);
-        }
-        let n = sendmsg(fd, &iov[..count])?;
-        self.advance(n);
-        Ok(n)
+        GATHER.with(|gather| {
+            let mut gather = gather.borrow_mut();
+            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOVECS_MAX];
+            let mut count = 0;
+            let mut gathered = 0;
+            // Where each iovec's bytes are: gathered runs are recorded as offsets first and
+            // turned into pointers once the buffer is complete (it does not move after that).
+            let mut in_gather = [false; IOVECS_MAX];
+            for (i, frame) in self.frames.iter().enumerate() {
+                let bytes = frame.as_slice();
+                let bytes = if i == 0 { &bytes[self.head_sent..] } else { bytes };
+                if bytes.len() <= GATHER_FRAME_BYTES_MAX && gathered + bytes.len() <= GATHER_BYTES {
+                    gather[gathered..gathered + bytes.len()].copy_from_slice(bytes);
+                    if count > 0 && in_gather[count - 1] {
+                        iov[count - 1].iov_len += bytes.len();
+                    } else {
+                        if count == IOVECS_MAX {
+                            break;
+                        }
+                        iov[count] = libc::iovec {
+                            iov_base: gathered as *mut libc::c_void,
+                            iov_len: bytes.len(),
+                        };
+                        in_gather[count] = true;
+                        count += 1;
+                    }
+                    gathered += bytes.len();
+                } else {
+                    if count == IOVECS_MAX || bytes.len() <= GATHER_FRAME_BYTES_MAX {
+                        break; // out of iovecs, or the gather buffer is full
+                    }
+                    iov[count] = libc::iovec {
+                        iov_base: bytes.as_ptr() as *mut libc::c_void,
+                        iov_len: bytes.len(),
+                    };
+                    count += 1;
+                }
+            }
+            if count == 0 {
+                return Ok(0);
+            }
+            let base = gather.as_mut_ptr();
+            for (v, gathered) in iov.iter_mut().zip(in_gather).take(count) {
+                if gathered {
+                    // The offset was stored in the pointer field.
+                    v.iov_base = base.wrapping_add(v.iov_base as usize).cast();
+                }
+            }
+            let n = sendmsg(fd, &iov[..count])?;
+            drop(gather);
+            self.advance(n);
+            Ok(n)
+        })
     }
+}
+
+/// Frames up to this size are copied into the gather buffer; larger ones are sent in place.
+const GATHER_FRAME_BYTES_MAX: usize = 2 << 10;
+
+/// The gather buffer: one per thread (so one per shard), reused by every connection's writes.
+const GATHER_BYTES: usize = 64 << 10;
+
+thread_local! {
+    static GATHER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; GATHER_BYTES]);
 }
 
 /// One non-blocking vectored send; never raises SIGPIPE.
@@ -221,33 +274,69 @@ mod tests {
         assert_eq!(q.bytes(), 0);
     }
 
-    #[test]
-    fn send_to_writes_all_frames_through_a_socket_pair() {
+    /// Sends everything in `frames` through a socket pair and returns what arrived.
+    fn round_trip(frames: &[Vec<u8>]) -> Vec<u8> {
         let mut fds = [0; 2];
         // SAFETY: socketpair writes two descriptors into `fds`, which we own and close below.
         let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
         assert_eq!(rc, 0);
+        let total: usize = frames.iter().map(Vec::len).sum();
         let mut q = OutQueue::default();
-        for i in 0..100u8 {
-            q.push(&frame(&[i; 3]), usize::MAX);
+        for f in frames {
+            q.push(&frame(f), usize::MAX);
         }
-        while !q.is_empty() {
-            q.send_to(fds[0]).expect("send");
-        }
-        let mut got = vec![0u8; 300];
+        let mut got = vec![0u8; total];
         let mut read = 0;
-        while read < 300 {
+        while read < total {
+            if !q.is_empty() {
+                match q.send_to(fds[0]) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("send: {e}"),
+                }
+            }
             // SAFETY: reading into the unfilled tail of `got`, which is valid for that length.
-            let n = unsafe { libc::read(fds[1], got[read..].as_mut_ptr().cast(), 300 - read) };
-            assert!(n > 0);
-            read += n as usize;
+            let n = unsafe {
+                libc::recv(
+                    fds[1],
+                    got[read..].as_mut_ptr().cast(),
+                    total - read,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                read += n as usize;
+            }
         }
-        let want: Vec<u8> = (0..100u8).flat_map(|i| [i; 3]).collect();
-        assert_eq!(got, want);
+        assert!(q.is_empty());
         // SAFETY: closing the descriptors socketpair gave us.
         unsafe {
             libc::close(fds[0]);
             libc::close(fds[1]);
         }
+        got
+    }
+
+    #[test]
+    fn small_frames_arrive_whole_and_in_order() {
+        let frames: Vec<Vec<u8>> =
+            (0..1000u32).map(|i| vec![i as u8; 3 + (i as usize % 200)]).collect();
+        assert_eq!(round_trip(&frames), frames.concat());
+    }
+
+    #[test]
+    fn large_and_small_frames_mixed_arrive_whole_and_in_order() {
+        let frames: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| {
+                let len = match i % 7 {
+                    0 => 70_000,
+                    1 => 2 << 10,
+                    2 => (2 << 10) + 1,
+                    _ => 100,
+                };
+                (0..len).map(|b| (b as u32 ^ i) as u8).collect()
+            })
+            .collect();
+        assert_eq!(round_trip(&frames), frames.concat());
     }
 }

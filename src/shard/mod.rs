@@ -725,6 +725,11 @@ impl Shard {
         }
     }
 
+    /// The earliest request deadline, if any request is waiting.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|(d, _)| *d)
+    }
+
     /// Fails every request whose deadline has passed with `timeout`.
     pub fn expire_requests(&mut self) {
         while let Some(&(deadline, rid)) = self.deadlines.front() {
