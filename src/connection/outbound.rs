@@ -144,58 +144,66 @@ impl OutQueue {
     pub fn send_to(&mut self, fd: RawFd) -> io::Result<usize> {
         GATHER.with(|gather| {
             let mut gather = gather.borrow_mut();
-            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOVECS_MAX];
+            // Each piece is a run of gathered frames or one frame sent in place.
+            let mut pieces = [Piece::InPlace(&[][..]); IOVECS_MAX];
             let mut count = 0;
             let mut gathered = 0;
-            // Where each iovec's bytes are: gathered runs are recorded as offsets first and
-            // turned into pointers once the buffer is complete (it does not move after that).
-            let mut in_gather = [false; IOVECS_MAX];
             for (i, frame) in self.frames.iter().enumerate() {
                 let bytes = frame.as_slice();
                 let bytes = if i == 0 { &bytes[self.head_sent..] } else { bytes };
-                if bytes.len() <= GATHER_FRAME_BYTES_MAX && gathered + bytes.len() <= GATHER_BYTES {
-                    gather[gathered..gathered + bytes.len()].copy_from_slice(bytes);
-                    if count > 0 && in_gather[count - 1] {
-                        iov[count - 1].iov_len += bytes.len();
+                let small = bytes.len() <= GATHER_FRAME_BYTES_MAX;
+                if small && gathered + bytes.len() > GATHER_BYTES {
+                    break; // the gather buffer is full
+                }
+                let extends_run =
+                    small && count > 0 && matches!(pieces[count - 1], Piece::Gathered { .. });
+                if !extends_run {
+                    if count == IOVECS_MAX {
+                        break;
+                    }
+                    pieces[count] = if small {
+                        Piece::Gathered { start: gathered, end: gathered }
                     } else {
-                        if count == IOVECS_MAX {
-                            break;
-                        }
-                        iov[count] = libc::iovec {
-                            iov_base: gathered as *mut libc::c_void,
-                            iov_len: bytes.len(),
-                        };
-                        in_gather[count] = true;
-                        count += 1;
-                    }
-                    gathered += bytes.len();
-                } else {
-                    if count == IOVECS_MAX || bytes.len() <= GATHER_FRAME_BYTES_MAX {
-                        break; // out of iovecs, or the gather buffer is full
-                    }
-                    iov[count] = libc::iovec {
-                        iov_base: bytes.as_ptr() as *mut libc::c_void,
-                        iov_len: bytes.len(),
+                        Piece::InPlace(bytes)
                     };
                     count += 1;
+                }
+                if small {
+                    gather[gathered..gathered + bytes.len()].copy_from_slice(bytes);
+                    gathered += bytes.len();
+                    if let Piece::Gathered { end, .. } = &mut pieces[count - 1] {
+                        *end = gathered;
+                    }
                 }
             }
             if count == 0 {
                 return Ok(0);
             }
-            let base = gather.as_mut_ptr();
-            for (v, gathered) in iov.iter_mut().zip(in_gather).take(count) {
-                if gathered {
-                    // The offset was stored in the pointer field.
-                    v.iov_base = base.wrapping_add(v.iov_base as usize).cast();
-                }
+            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOVECS_MAX];
+            for (v, piece) in iov.iter_mut().zip(&pieces[..count]) {
+                let bytes = match piece {
+                    Piece::Gathered { start, end } => &gather[*start..*end],
+                    Piece::InPlace(bytes) => bytes,
+                };
+                *v = libc::iovec {
+                    iov_base: bytes.as_ptr() as *mut libc::c_void,
+                    iov_len: bytes.len(),
+                };
             }
             let n = sendmsg(fd, &iov[..count])?;
-            drop(gather);
             self.advance(n);
             Ok(n)
         })
     }
+}
+
+/// Part of one `sendmsg`.
+#[derive(Clone, Copy)]
+enum Piece<'a> {
+    /// Frames copied into the gather buffer, at `start..end`.
+    Gathered { start: usize, end: usize },
+    /// One large frame, sent from where it is.
+    InPlace(&'a [u8]),
 }
 
 /// Frames up to this size are copied into the gather buffer; larger ones are sent in place.
