@@ -40,7 +40,9 @@ pub struct Stamp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body {
     Data(Stamp),
-    Probe { publisher: u32 },
+    Probe {
+        publisher: u32,
+    },
     /// Not ours, or damaged in transit: counted as corrupt.
     Invalid,
 }
@@ -69,9 +71,7 @@ pub struct BodyWriter {
 impl BodyWriter {
     pub fn new(payload_bytes: usize) -> BodyWriter {
         assert!(payload_bytes >= HEADER_BYTES, "payload below the 16-byte header");
-        BodyWriter {
-            bytes: vec![PAD; payload_bytes],
-        }
+        BodyWriter { bytes: vec![PAD; payload_bytes] }
     }
 
     pub fn data(&mut self, stamp: Stamp) -> &[u8] {
@@ -98,18 +98,14 @@ pub fn decode(body: &[u8]) -> Body {
     }
     if body[0] == PROBE_MARK {
         return match get(&body[1..3]) {
-            Some(publisher) => Body::Probe {
-                publisher: publisher as u32,
-            },
+            Some(publisher) => Body::Probe { publisher: publisher as u32 },
             None => Body::Invalid,
         };
     }
     match (get(&body[0..2]), get(&body[2..8]), get(&body[8..16])) {
-        (Some(publisher), Some(sequence), Some(sent_ns)) => Body::Data(Stamp {
-            publisher: publisher as u32,
-            sequence,
-            sent_ns,
-        }),
+        (Some(publisher), Some(sequence), Some(sent_ns)) => {
+            Body::Data(Stamp { publisher: publisher as u32, sequence, sent_ns })
+        }
         _ => Body::Invalid,
     }
 }
@@ -122,21 +118,9 @@ mod tests {
     fn data_round_trips_at_the_limits() {
         let mut writer = BodyWriter::new(128);
         for stamp in [
-            Stamp {
-                publisher: 0,
-                sequence: 0,
-                sent_ns: 0,
-            },
-            Stamp {
-                publisher: PUBLISHER_MAX as u32,
-                sequence: SEQUENCE_MAX,
-                sent_ns: STAMP_MAX,
-            },
-            Stamp {
-                publisher: 17,
-                sequence: 123_456_789,
-                sent_ns: 9_876_543_210_123,
-            },
+            Stamp { publisher: 0, sequence: 0, sent_ns: 0 },
+            Stamp { publisher: PUBLISHER_MAX as u32, sequence: SEQUENCE_MAX, sent_ns: STAMP_MAX },
+            Stamp { publisher: 17, sequence: 123_456_789, sent_ns: 9_876_543_210_123 },
         ] {
             let body = writer.data(stamp).to_vec();
             assert_eq!(body.len(), 128);
@@ -150,13 +134,7 @@ mod tests {
         let mut writer = BodyWriter::new(16);
         let probe = writer.probe(4095).to_vec();
         assert_eq!(decode(&probe), Body::Probe { publisher: 4095 });
-        let data = writer
-            .data(Stamp {
-                publisher: 3,
-                sequence: 1,
-                sent_ns: 2,
-            })
-            .to_vec();
+        let data = writer.data(Stamp { publisher: 3, sequence: 1, sent_ns: 2 }).to_vec();
         assert_eq!(&data[..], b"0300000100000002");
     }
 

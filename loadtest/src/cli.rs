@@ -86,6 +86,15 @@ pub enum Command {
     Reqres(ReqresArgs),
     /// Many idle authenticated connections: connect rate and server memory per connection.
     Connections(ConnectionsArgs),
+    /// Markdown table of medians from `label<TAB>broker<TAB>json` lines (used by compare.sh).
+    Summarize(SummarizeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SummarizeArgs {
+    /// File of run lines; `-` reads standard input.
+    #[arg(default_value = "-")]
+    pub input: String,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -109,6 +118,18 @@ pub struct FanoutArgs {
     /// of its topic.
     #[arg(long, default_value_t = 1000)]
     pub window: u64,
+    /// With `--rate max`: also keep the messages ahead under this many body bytes, so large
+    /// payloads do not queue gigabytes in the broker (the window is the smaller of the two).
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    pub window_bytes: usize,
+}
+
+impl FanoutArgs {
+    /// Messages a `--rate max` publisher may be ahead: `--window`, capped by `--window-bytes`.
+    pub fn effective_window(&self) -> u64 {
+        let by_bytes = (self.window_bytes / self.payload.max(1)).max(1) as u64;
+        self.window.min(by_bytes).max(1)
+    }
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -160,13 +181,10 @@ pub struct CpuList(pub Vec<usize>);
 /// `2s`, `500ms`, `250us`, `1m`, `1.5s`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (like 2s, 500ms, 1m)"))?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration (like 2s, 500ms, 1m)"))?;
     let scale = match unit.trim() {
         "" | "s" | "sec" => 1.0,
         "ms" => 1e-3,
@@ -186,13 +204,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `128`, `4KiB`, `1MiB`, `4k` (decimal kilo), `2kB`.
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: usize = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (like 128, 4KiB)"))?;
+    let value: usize =
+        number.parse().map_err(|_| format!("`{text}` is not a size (like 128, 4KiB)"))?;
     let scale = match unit.trim() {
         "" | "B" => 1,
         "k" | "K" | "kB" | "KB" => 1000,
@@ -201,9 +216,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "MiB" | "Mi" => 1024 * 1024,
         other => return Err(format!("unknown size unit `{other}` in `{text}`")),
     };
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    value.checked_mul(scale).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// `max`, or messages per second: `5000`, `250k`, `1.5M`.
@@ -277,11 +290,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         .map_err(|e| format!("`{url}`: {e}"))?
         .next()
         .ok_or_else(|| format!("`{url}`: host has no address"))?;
-    Ok(Target {
-        addr,
-        host,
-        path: path.to_string(),
-    })
+    Ok(Target { addr, host, path: path.to_string() })
 }
 
 #[cfg(test)]
@@ -345,6 +354,24 @@ mod tests {
         assert_eq!(t.addr.port(), 80);
         assert!(parse_url("wss://127.0.0.1/").is_err());
         assert!(parse_url("http://127.0.0.1/").is_err());
+    }
+
+    #[test]
+    fn window_is_capped_by_bytes() {
+        let mut args = FanoutArgs {
+            publishers: 1,
+            subscribers: 1,
+            topics: 1,
+            payload: 128,
+            rate: Rate::Max,
+            window: 1000,
+            window_bytes: 256 * 1024,
+        };
+        assert_eq!(args.effective_window(), 1000);
+        args.payload = 4096;
+        assert_eq!(args.effective_window(), 64);
+        args.payload = 1 << 20;
+        assert_eq!(args.effective_window(), 1);
     }
 
     #[test]

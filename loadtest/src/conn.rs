@@ -25,7 +25,8 @@ pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Sent to oneself (via `MSG:<cid>`) to learn that everything sent before it has been handled.
 const BARRIER_BODY: &[u8] = b"~barrier";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// In order: a later stage never goes back to an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     Connecting,
     Upgrading,
@@ -45,7 +46,10 @@ pub enum Stage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// The server sent a close frame.
-    ByServer { code: u16, reason: String },
+    ByServer {
+        code: u16,
+        reason: String,
+    },
     /// End of stream without a close frame.
     Eof,
     Io(io::ErrorKind),
@@ -73,11 +77,7 @@ impl std::fmt::Display for CloseReason {
 #[derive(Clone, Copy, Debug)]
 pub enum Incoming<'a> {
     Mm(mm::Message<'a>),
-    Nats {
-        subject: &'a [u8],
-        reply: Option<&'a [u8]>,
-        payload: &'a [u8],
-    },
+    Nats { subject: &'a [u8], reply: Option<&'a [u8]>, payload: &'a [u8] },
 }
 
 impl<'a> Incoming<'a> {
@@ -136,6 +136,10 @@ pub struct Sender {
     pub cid: String,
     /// Set while the connection is on the worker's list of connections to flush.
     pub(crate) queued: bool,
+    /// Run time the TCP connect started, for the handshake latency.
+    pub started_ns: u64,
+    /// The last write hit EAGAIN: nothing more goes out until the socket is writable again.
+    pub(crate) write_blocked: bool,
 }
 
 impl Sender {
@@ -147,12 +151,19 @@ impl Sender {
             rng: seed | 1,
             cid: String::new(),
             queued: false,
+            started_ns: 0,
+            write_blocked: false,
         }
     }
 
     /// Bytes waiting to be written.
     pub fn pending(&self) -> usize {
         self.out.len() - self.written
+    }
+
+    /// Whether the socket refused the last write (its writable event has not come yet).
+    pub fn blocked(&self) -> bool {
+        self.write_blocked
     }
 
     fn mask(&mut self) -> [u8; 4] {
@@ -171,9 +182,7 @@ impl Sender {
 
     fn mm(&mut self, command: &[u8], topic: &[u8], headers: &[(&[u8], &[u8])], body: &[u8]) {
         let len = mm::encoded_len(command, topic, headers, body);
-        self.frame(Opcode::Text, len, |b| {
-            mm::write(b, command, topic, headers, body)
-        });
+        self.frame(Opcode::Text, len, |b| mm::write(b, command, topic, headers, body));
     }
 
     fn nats_raw(&mut self, bytes: &[u8]) {
@@ -244,9 +253,7 @@ impl Sender {
                 };
                 let reply = &reply[..reply_len];
                 let len = nats::pub_len(topic, Some(reply), body);
-                self.frame(Opcode::Binary, len, |b| {
-                    nats::write_pub(b, topic, Some(reply), body)
-                });
+                self.frame(Opcode::Binary, len, |b| nats::write_pub(b, topic, Some(reply), body));
             }
         }
     }
@@ -314,12 +321,8 @@ pub struct Conn {
     nats_pending: Vec<u8>,
     pub tx: Sender,
     pub close_reason: Option<CloseReason>,
-    /// Run time the connect started, for the handshake latency.
-    pub started_ns: u64,
     /// Counted among the worker's connections in handshake.
     pub in_handshake: bool,
-    /// The last write hit EAGAIN; wait for the writable event before writing again.
-    pub write_blocked: bool,
 }
 
 /// Opens a non-blocking TCP connection, optionally from a chosen local address.
@@ -364,6 +367,7 @@ impl Conn {
             *b = s as u8;
         }
         let mut tx = Sender::new(protocol, seed ^ 0xDEAD_BEEF);
+        tx.started_ns = now;
         if protocol == Protocol::Nats {
             // Our own id for the inbox subject: 20 characters like a middleman cid.
             tx.cid = format!("lt{:018}", seed);
@@ -380,9 +384,7 @@ impl Conn {
             nats_pending: Vec::new(),
             tx,
             close_reason: None,
-            started_ns: now,
             in_handshake: true,
-            write_blocked: false,
         }
     }
 
@@ -424,7 +426,7 @@ impl Conn {
                 }
                 Ok(n) => self.tx.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.write_blocked = true;
+                    self.tx.write_blocked = true;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -618,7 +620,8 @@ impl Conn {
                         Ok((message, used)) => {
                             rest = &rest[used..];
                             if message.body == BARRIER_BODY
-                                && message.topic.strip_prefix(b"MSG:") == Some(self.tx.cid.as_bytes())
+                                && message.topic.strip_prefix(b"MSG:")
+                                    == Some(self.tx.cid.as_bytes())
                             {
                                 handle(&mut self.tx, Event::Barrier, now);
                             } else {
@@ -673,18 +676,9 @@ impl Conn {
                 }
                 nats::Op::Ok => {}
                 nats::Op::Err(text) => handle(&mut self.tx, Event::ProtocolError(text), now),
-                nats::Op::Msg {
-                    subject,
-                    reply,
-                    payload,
-                    ..
-                } => {
+                nats::Op::Msg { subject, reply, payload, .. } => {
                     if self.stage == Stage::Ready {
-                        let incoming = Incoming::Nats {
-                            subject,
-                            reply,
-                            payload,
-                        };
+                        let incoming = Incoming::Nats { subject, reply, payload };
                         handle(&mut self.tx, Event::Message(incoming), now);
                     }
                 }
@@ -759,7 +753,8 @@ mod tests {
 
     #[test]
     fn error_codes_are_recognised() {
-        let raw = b"PUB ERROR\r\nCode: no-responder\r\nReqID: 3\r\n\r\nNo responder for REQ x\r\n.\r\n";
+        let raw =
+            b"PUB ERROR\r\nCode: no-responder\r\nReqID: 3\r\n\r\nNo responder for REQ x\r\n.\r\n";
         let (message, _) = mm::parse(raw).unwrap();
         let incoming = Incoming::Mm(message);
         assert_eq!(incoming.error_code(), Some(&b"no-responder"[..]));

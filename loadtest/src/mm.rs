@@ -60,6 +60,29 @@ fn trim(mut value: &[u8]) -> &[u8] {
     value
 }
 
+/// The first LF in `hay`. Lines of a message head are short, where memchr's call and set-up
+/// cost more than the search: the first 32 bytes are scanned a word at a time (SWAR), longer
+/// lines (bodies) go to memchr.
+#[inline]
+fn find_lf(hay: &[u8]) -> Option<usize> {
+    const LF: u64 = 0x0A0A_0A0A_0A0A_0A0A;
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    while at + 8 <= hay.len() && at < 32 {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&hay[at..at + 8]);
+        let x = u64::from_le_bytes(word) ^ LF;
+        // A zero byte in x is an LF in the word; the lowest flagged byte is the first one.
+        let found = x.wrapping_sub(LOW) & !x & HIGH;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    memchr::memchr(b'\n', &hay[at..]).map(|i| at + i)
+}
+
 fn trim_line_end(mut line: &[u8]) -> &[u8] {
     if let [rest @ .., b'\n'] = line {
         line = rest;
@@ -73,7 +96,7 @@ fn trim_line_end(mut line: &[u8]) -> &[u8] {
 /// Parses the message at the front of `buf` (one WebSocket payload may hold several). Returns
 /// it and the number of bytes it took, including any blank lines after its `.` line.
 pub fn parse(buf: &[u8]) -> Result<(Message<'_>, usize), MmError> {
-    let first_end = memchr::memchr(b'\n', buf).ok_or(MmError::Unterminated)?;
+    let first_end = find_lf(buf).ok_or(MmError::Unterminated)?;
     let first = trim_line_end(&buf[..first_end]);
     let space = memchr::memchr(b' ', first).ok_or(MmError::NoSpace)?;
     let command = &first[..space];
@@ -84,7 +107,7 @@ pub fn parse(buf: &[u8]) -> Result<(Message<'_>, usize), MmError> {
     let mut pos = headers_start;
     let headers_end = loop {
         let rest = &buf[pos..];
-        let line_end = memchr::memchr(b'\n', rest).ok_or(MmError::Unterminated)?;
+        let line_end = find_lf(rest).ok_or(MmError::Unterminated)?;
         if trim_line_end(&rest[..=line_end]).is_empty() {
             break pos;
         }
@@ -104,15 +127,7 @@ pub fn parse(buf: &[u8]) -> Result<(Message<'_>, usize), MmError> {
     while consumed < buf.len() && (buf[consumed] == b'\r' || buf[consumed] == b'\n') {
         consumed += 1;
     }
-    Ok((
-        Message {
-            command,
-            topic,
-            headers,
-            body,
-        },
-        consumed,
-    ))
+    Ok((Message { command, topic, headers, body }, consumed))
 }
 
 fn skip_line_break(buf: &[u8]) -> usize {
@@ -140,24 +155,28 @@ fn find_dot_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
                 return Some((line_start, line_start + 1 + eol));
             }
         }
-        let newline = memchr::memchr(b'\n', rest)?;
+        let newline = find_lf(rest)?;
         line_start += newline + 1;
     }
 }
 
 /// How many bytes [`write`] appends for this message.
 pub fn encoded_len(command: &[u8], topic: &[u8], headers: &[(&[u8], &[u8])], body: &[u8]) -> usize {
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(name, value)| name.len() + 2 + value.len() + 2)
-        .sum();
+    let header_bytes: usize =
+        headers.iter().map(|(name, value)| name.len() + 2 + value.len() + 2).sum();
     let body_bytes = if body.is_empty() { 0 } else { body.len() + 2 };
     command.len() + 1 + topic.len() + 2 + header_bytes + 2 + body_bytes + 3
 }
 
 /// Appends `COMMAND topic\r\nName: value\r\n...\r\nbody\r\n.\r\n`. `body` must already be in
 /// wire form (no line starting with `.` unless stuffed).
-pub fn write(buf: &mut Vec<u8>, command: &[u8], topic: &[u8], headers: &[(&[u8], &[u8])], body: &[u8]) {
+pub fn write(
+    buf: &mut Vec<u8>,
+    command: &[u8],
+    topic: &[u8],
+    headers: &[(&[u8], &[u8])],
+    body: &[u8],
+) {
     buf.extend_from_slice(command);
     buf.push(b' ');
     buf.extend_from_slice(topic);
@@ -179,6 +198,25 @@ pub fn write(buf: &mut Vec<u8>, command: &[u8], topic: &[u8], headers: &[(&[u8],
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_lf_agrees_with_memchr() {
+        for len in 0..80 {
+            for lf in 0..=len {
+                let mut hay = vec![b'a'; len];
+                if lf < len {
+                    hay[lf] = b'\n';
+                    // A second LF later must not be reported first.
+                    if lf + 3 < len {
+                        hay[lf + 3] = b'\n';
+                    }
+                }
+                assert_eq!(find_lf(&hay), memchr::memchr(b'\n', &hay), "len {len} lf {lf}");
+            }
+        }
+        // Bytes that differ from LF by the borrow pattern must not count (0x0B, 0x8A).
+        assert_eq!(find_lf(&[0x0B, 0x8A, 0x09, 0x0A]), Some(3));
+    }
 
     #[test]
     fn builds_the_documented_form() {

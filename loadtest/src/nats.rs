@@ -35,12 +35,7 @@ impl std::fmt::Display for NatsError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op<'a> {
     Info,
-    Msg {
-        subject: &'a [u8],
-        sid: &'a [u8],
-        reply: Option<&'a [u8]>,
-        payload: &'a [u8],
-    },
+    Msg { subject: &'a [u8], sid: &'a [u8], reply: Option<&'a [u8]>, payload: &'a [u8] },
     Ping,
     Pong,
     Ok,
@@ -96,9 +91,7 @@ fn parse_msg<'a>(
     args: &'a [u8],
     after_line: usize,
 ) -> Result<Option<(Op<'a>, usize)>, NatsError> {
-    let mut fields = args
-        .split(|&b| b == b' ' || b == b'\t')
-        .filter(|f| !f.is_empty());
+    let mut fields = args.split(|&b| b == b' ' || b == b'\t').filter(|f| !f.is_empty());
     let mut slots: [&[u8]; 4] = [&[]; 4];
     let mut count = 0;
     for field in &mut fields {
@@ -124,24 +117,16 @@ fn parse_msg<'a>(
         [b'\n', _] => payload_end + 1,
         _ => return Err(NatsError::BadMsgLine),
     };
-    Ok(Some((
-        Op::Msg {
-            subject,
-            sid,
-            reply,
-            payload,
-        },
-        consumed,
-    )))
+    Ok(Some((Op::Msg { subject, sid, reply, payload }, consumed)))
 }
 
 pub fn parse_usize(digits: &[u8]) -> Option<usize> {
     if digits.is_empty() || digits.len() > 18 {
         return None;
     }
-    digits.iter().try_fold(0usize, |n, &d| {
-        d.is_ascii_digit().then(|| n * 10 + usize::from(d - b'0'))
-    })
+    digits
+        .iter()
+        .try_fold(0usize, |n, &d| d.is_ascii_digit().then(|| n * 10 + usize::from(d - b'0')))
 }
 
 fn decimal_len(mut n: usize) -> usize {
@@ -229,12 +214,7 @@ mod tests {
         vec![
             Op::Info,
             Op::Ping,
-            Op::Msg {
-                subject: b"lt.t0",
-                sid: b"1",
-                reply: None,
-                payload: b"hello",
-            },
+            Op::Msg { subject: b"lt.t0", sid: b"1", reply: None, payload: b"hello" },
             Op::Msg {
                 subject: b"lt.req",
                 sid: b"2",
@@ -242,12 +222,7 @@ mod tests {
                 payload: b"abc",
             },
             Op::Ok,
-            Op::Msg {
-                subject: b"lt.t0",
-                sid: b"1",
-                reply: None,
-                payload: b"",
-            },
+            Op::Msg { subject: b"lt.t0", sid: b"1", reply: None, payload: b"" },
             Op::Err(b"'Slow Consumer'"),
             Op::Pong,
         ]
@@ -284,12 +259,7 @@ mod tests {
         let buf = b"MSG s 1 4\r\na\r\nb\r\n";
         assert_eq!(
             parse_all(buf),
-            vec![Op::Msg {
-                subject: b"s",
-                sid: b"1",
-                reply: None,
-                payload: b"a\r\nb",
-            }]
+            vec![Op::Msg { subject: b"s", sid: b"1", reply: None, payload: b"a\r\nb" }]
         );
     }
 

@@ -72,9 +72,7 @@ impl Latency {
     pub fn merge(&mut self, other: &Latency) {
         // Invariant: both histograms were made by `new` with the same bounds, so `add` cannot
         // fail.
-        self.histogram
-            .add(&other.histogram)
-            .expect("histograms with the same bounds merge");
+        self.histogram.add(&other.histogram).expect("histograms with the same bounds merge");
     }
 
     pub fn count(&self) -> u64 {
@@ -151,7 +149,7 @@ mod tests {
 
     #[test]
     fn nothing_received() {
-        assert_eq!(SeqTracker::default().lost(10), 0 + 10);
+        assert_eq!(SeqTracker::default().lost(10), 10);
     }
 
     #[test]

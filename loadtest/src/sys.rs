@@ -11,10 +11,7 @@ use std::time::Duration;
 /// same clock, so a stamp written by a publisher thread can be compared with the time a
 /// subscriber thread reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -29,9 +26,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn start() -> Clock {
-        Clock {
-            epoch_ns: monotonic_ns(),
-        }
+        Clock { epoch_ns: monotonic_ns() }
     }
 
     pub fn now(&self) -> u64 {
@@ -62,10 +57,7 @@ impl Timer {
     pub fn new() -> io::Result<Timer> {
         // SAFETY: plain syscall; the result is checked before use.
         let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
+            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());
@@ -87,10 +79,7 @@ impl Timer {
         }
         let abs = clock.absolute(at).max(1);
         let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
             it_value: libc::timespec {
                 tv_sec: (abs / 1_000_000_000) as libc::time_t,
                 tv_nsec: (abs % 1_000_000_000) as libc::c_long,
@@ -144,10 +133,7 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: valid pointer to an rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
@@ -180,12 +166,7 @@ pub fn resident_kib(pid: u32) -> Option<u64> {
 
 fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line["VmRSS:".len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    line["VmRSS:".len()..].trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// CPU time of another process (user + system), from /proc/PID/stat, for reporting the broker's
@@ -229,11 +210,7 @@ mod tests {
         let mut timer = Timer::new().unwrap();
         let at = clock.now() + 2_000_000;
         timer.arm(&clock, at).unwrap();
-        let mut pfd = libc::pollfd {
-            fd: timer.raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: timer.raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let rc = unsafe { libc::poll(&mut pfd, 1, 1000) };
         assert_eq!(rc, 1);

@@ -86,11 +86,7 @@ pub fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -180,11 +176,7 @@ pub fn encode_frame(
     buf.extend_from_slice(&mask);
     let start = buf.len();
     write_payload(buf);
-    assert_eq!(
-        buf.len() - start,
-        payload_len,
-        "frame payload length was announced wrongly"
-    );
+    assert_eq!(buf.len() - start, payload_len, "frame payload length was announced wrongly");
     apply_mask(&mut buf[start..], mask);
 }
 
@@ -267,20 +259,10 @@ pub fn decode_frame(buf: &mut [u8], payload_bytes_max: usize) -> Result<Option<F
         return Ok(None);
     }
     if masked {
-        let mask = [
-            buf[mask_at],
-            buf[mask_at + 1],
-            buf[mask_at + 2],
-            buf[mask_at + 3],
-        ];
+        let mask = [buf[mask_at], buf[mask_at + 1], buf[mask_at + 2], buf[mask_at + 3]];
         apply_mask(&mut buf[header..total], mask);
     }
-    Ok(Some(Frame {
-        fin,
-        opcode,
-        payload: header..total,
-        len: total,
-    }))
+    Ok(Some(Frame { fin, opcode, payload: header..total, len: total }))
 }
 
 /// The close code and reason of a close frame's payload (1005 when it has none).
@@ -309,31 +291,22 @@ mod tests {
 
     #[test]
     fn accept_value_matches_rfc6455_example() {
-        assert_eq!(
-            accept_value("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzxZzzAOo="
-        );
+        assert_eq!(accept_value("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
     fn upgrade_response_is_checked() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let good = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzxZzzAOo=\r\n\r\n\x81\x05MM OK";
+        let good = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x05MM OK";
         let head_len = good.len() - 7;
         for cut in 0..head_len {
             assert_eq!(parse_upgrade_response(&good[..cut], key), Ok(None));
         }
         assert_eq!(parse_upgrade_response(good, key), Ok(Some(head_len)));
         let wrong_accept = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: nope\r\n\r\n";
-        assert_eq!(
-            parse_upgrade_response(wrong_accept, key),
-            Err(WsError::UpgradeRejected)
-        );
+        assert_eq!(parse_upgrade_response(wrong_accept, key), Err(WsError::UpgradeRejected));
         let busy = b"HTTP/1.1 503 Service Unavailable\r\n\r\n";
-        assert_eq!(
-            parse_upgrade_response(busy, key),
-            Err(WsError::UpgradeRejected)
-        );
+        assert_eq!(parse_upgrade_response(busy, key), Err(WsError::UpgradeRejected));
     }
 
     /// Unmasks a client frame the way a server would, for round-trip checks.
@@ -351,9 +324,7 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let mut buf = Vec::new();
             let mask = [0x12, 0x34, 0x56, 0x78];
-            encode_frame(&mut buf, Opcode::Text, mask, len, |b| {
-                b.extend_from_slice(&payload)
-            });
+            encode_frame(&mut buf, Opcode::Text, mask, len, |b| b.extend_from_slice(&payload));
             assert_eq!(buf[0], 0x81);
             assert_ne!(buf[1] & 0x80, 0, "client frames must be masked");
             if len >= 8 {
@@ -413,18 +384,9 @@ mod tests {
 
     #[test]
     fn server_frame_errors() {
-        assert_eq!(
-            decode_frame(&mut [0xC1, 0x00], 100),
-            Err(WsError::ReservedBits)
-        );
-        assert_eq!(
-            decode_frame(&mut [0x83, 0x00], 100),
-            Err(WsError::UnknownOpcode)
-        );
-        assert_eq!(
-            decode_frame(&mut [0x09, 0x00], 100),
-            Err(WsError::BadControlFrame)
-        );
+        assert_eq!(decode_frame(&mut [0xC1, 0x00], 100), Err(WsError::ReservedBits));
+        assert_eq!(decode_frame(&mut [0x83, 0x00], 100), Err(WsError::UnknownOpcode));
+        assert_eq!(decode_frame(&mut [0x09, 0x00], 100), Err(WsError::BadControlFrame));
         let mut long = server_frame(0x2, &[0; 200]);
         assert_eq!(decode_frame(&mut long, 100), Err(WsError::FrameTooLong));
     }
