@@ -123,7 +123,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, conn: Rc<Connection
         peer,
         phase: Phase::Upgrade,
         decoder: Decoder::new(ctx.settings.message_bytes_max),
-        pending: Vec::new(),
+        pending: Carry::default(),
         deferred: None,
     };
     reader.run().await;
@@ -147,7 +147,7 @@ struct Reader {
     decoder: Decoder,
     /// An unfinished frame (or upgrade request) carried over to the next read, or frames
     /// not yet handled because the connection is paused.
-    pending: Vec<u8>,
+    pending: Carry,
     /// The unhandled rest of a WebSocket message whose handling paused.
     deferred: Option<(Vec<u8>, bool)>,
 }
@@ -237,25 +237,34 @@ impl Reader {
             }
         }
         if !self.pending.is_empty() && !self.paused() {
-            let mut pending = std::mem::take(&mut self.pending);
-            let used = self.consume(&mut pending);
-            pending.drain(..used);
-            self.pending = pending;
+            self.consume_pending();
         }
     }
 
-    /// Reads into the shard's scratch buffer, until `until` at the latest.
+    /// Consumes from the carried-over bytes, keeping what is left.
+    fn consume_pending(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        let used = self.consume(pending.filled());
+        pending.consume_front(used);
+        self.pending = pending;
+    }
+
+    /// Reads, until `until` at the latest: into the shard's scratch buffer, or, when an
+    /// unfinished frame is carried over, straight behind it (so a stream of frames is never
+    /// copied from one buffer to the other).
     async fn read(&mut self, until: Option<Instant>) -> Read {
         let conn = &self.conn;
         let stream = &self.stream;
         let scratch = &self.ctx.scratch;
+        let pending = &mut self.pending;
         let watch_close = self.phase != Phase::Closing;
         let read = poll_fn(|cx| {
             if watch_close && conn.is_closing() {
                 return Poll::Ready(Ok(None));
             }
-            let mut buf = scratch.borrow_mut();
-            let polled = Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[..]);
+            let mut scratch = scratch.borrow_mut();
+            let buf = if pending.is_empty() { &mut scratch[..] } else { pending.spare() };
+            let polled = Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf);
             match polled {
                 Poll::Ready(r) => Poll::Ready(r.map(Some)),
                 Poll::Pending => {
@@ -284,9 +293,10 @@ impl Reader {
         }
     }
 
-    /// Handles `n` fresh bytes in the scratch buffer.
+    /// Handles `n` fresh bytes: in the scratch buffer, or behind the carried-over ones.
     fn on_bytes(&mut self, n: usize) {
         if self.phase == Phase::Closing {
+            self.pending = Carry::default();
             return; // discarded: we are waiting for the peer to close
         }
         if self.phase == Phase::Open && !self.ctx.inbox.is_empty() {
@@ -294,26 +304,21 @@ impl Reader {
             // subscription made on another shard a moment ago is then in effect.
             self.ctx.handle_mail();
         }
-        let ctx = self.ctx.clone();
-        let mut scratch = ctx.scratch.borrow_mut();
-        let fresh = &mut scratch[..n];
         if self.pending.is_empty() {
+            let ctx = self.ctx.clone();
+            let mut scratch = ctx.scratch.borrow_mut();
+            let fresh = &mut scratch[..n];
             let used = self.consume(fresh);
             if self.phase != Phase::Closing {
-                self.pending.extend_from_slice(&fresh[used..]);
+                self.pending.store(&fresh[used..]);
             }
         } else {
-            self.pending.extend_from_slice(fresh);
-            let mut pending = std::mem::take(&mut self.pending);
-            let used = self.consume(&mut pending);
-            pending.drain(..used);
-            self.pending = pending;
+            self.pending.commit(n);
+            self.consume_pending();
         }
-        if self.pending.is_empty() && self.pending.capacity() > SCRATCH_BYTES {
-            self.pending = Vec::new();
-        }
-        if self.phase == Phase::Closing {
-            self.pending = Vec::new();
+        if self.phase == Phase::Closing || (self.pending.is_empty() && n < SCRATCH_BYTES) {
+            // A short read drained the socket: the peer paused, so give the memory back.
+            self.pending = Carry::default();
         }
     }
 
@@ -458,6 +463,61 @@ fn dispatch(
         }
     }
     None
+}
+
+/// Bytes carried over between reads: `buf[..len]` is unconsumed input. `buf` is always
+/// initialised to its full length, so reads go straight into `buf[len..]`.
+#[derive(Default)]
+struct Carry {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Carry {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The unconsumed bytes.
+    fn filled(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+
+    /// Room to read into behind the unconsumed bytes, grown (doubling) when it gets small;
+    /// a frame larger than the room completes over several reads. The decoder refuses a
+    /// frame over `--max-message-bytes` from its header, which bounds the growth.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.buf.len() - self.len < SCRATCH_BYTES / 4 {
+            let size = (2 * self.buf.len()).max(SCRATCH_BYTES);
+            self.buf.resize(size, 0);
+        }
+        &mut self.buf[self.len..]
+    }
+
+    /// `n` bytes were read into [`Carry::spare`].
+    fn commit(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// Keeps `bytes` (an unfinished frame left in the scratch buffer).
+    fn store(&mut self, bytes: &[u8]) {
+        debug_assert!(self.is_empty());
+        if bytes.is_empty() {
+            return;
+        }
+        if self.buf.len() < bytes.len() {
+            self.buf.resize(bytes.len().max(SCRATCH_BYTES), 0);
+        }
+        self.buf[..bytes.len()].copy_from_slice(bytes);
+        self.len = bytes.len();
+    }
+
+    /// Drops the first `used` bytes; the rest (at most one unfinished frame) moves to the
+    /// front.
+    fn consume_front(&mut self, used: usize) {
+        self.buf.copy_within(used..self.len, 0);
+        self.len -= used;
+    }
 }
 
 fn raw_frame(bytes: Vec<u8>) -> super::outbound::Frame {
