@@ -94,6 +94,10 @@ pub struct Config {
     #[arg(long = "max-pending-requests", value_name = "N", default_value_t = 1_000)]
     pub pending_requests_max: u32,
 
+    /// Address for the admin endpoint (GET /metrics, /healthz, /stats); off when not given.
+    #[arg(long = "admin-listen", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", value_parser = parse_level)]
     pub log_level: log::LevelFilter,

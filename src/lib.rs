@@ -8,11 +8,13 @@
 //!   grants, requests, and the cross-shard mail that ties shards together.
 //! - [`connection`]: a connection's state, its bounded outbound queue, and its socket I/O.
 //! - [`server`]: the glommio runtime: executors, listeners, the shard loops, shutdown.
+//! - [`admin`]: the metrics, health and stats endpoint.
 //! - [`auth`], [`grants`], [`ids`], [`config`]: keys and roles, client grants, identifiers,
 //!   the command line.
 //!
 //! `docs/ARCHITECTURE.md` is the map; `docs/PROTOCOL.md` the contract as built.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connection;

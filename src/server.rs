@@ -33,7 +33,7 @@ use ahash::AHashMap;
 
 use crate::auth::Keys;
 use crate::config::Config;
-use crate::connection::io::{serve, ConnectionSettings, ShardContext, SCRATCH_BYTES};
+use crate::connection::io::{serve, ConnectionSettings, IoCounters, ShardContext, SCRATCH_BYTES};
 use crate::connection::Connection;
 use crate::ids::{ConnectionId, ShardId};
 use crate::protocol::handshake;
@@ -131,10 +131,17 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     }
     drop(port_holders);
+    let admin = match config.admin_listen {
+        Some(addr) => Some(crate::admin::spawn(addr, mail.clone())?),
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for addr in &listen {
         let _ = writeln!(out, "listening on ws://{addr}");
+    }
+    if let Some(addr) = admin {
+        let _ = writeln!(out, "admin on http://{addr}");
     }
     let _ = out.flush();
     drop(out);
@@ -196,6 +203,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         },
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
         shutdown_waker: Cell::new(None),
+        io: IoCounters::default(),
     });
     let mut listeners = Vec::with_capacity(listen.len());
     let mut listener_fds = Vec::with_capacity(listen.len());

@@ -32,7 +32,7 @@ use crate::protocol::handshake::{self, Upgrade};
 use crate::protocol::message::{self, Limits};
 use crate::protocol::reply;
 use crate::protocol::ws::{CloseCode, Decoder, WsEvent};
-use crate::shard::mailbox::{Inbox, Mailboxes};
+use crate::shard::mailbox::{Inbox, Mail, Mailboxes};
 use crate::shard::Shard;
 
 /// The shard's read buffer: one large read takes many messages, which the shard then
@@ -66,6 +66,21 @@ pub struct ShardContext {
     pub scratch: RefCell<Vec<u8>>,
     /// The shard's main task, waiting for `Shutdown`.
     pub shutdown_waker: Cell<Option<Waker>>,
+    pub io: IoCounters,
+}
+
+/// Counters of the socket side, per shard (plain integers, read only when scraped).
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    pub bytes_in: Cell<u64>,
+    /// Bad keys and auth timeouts.
+    pub auth_failures: Cell<u64>,
+    /// Connections closed for breaking RFC 6455 (1002, 1007, 1009).
+    pub protocol_errors: Cell<u64>,
+}
+
+fn bump(counter: &Cell<u64>, by: u64) {
+    counter.set(counter.get() + by);
 }
 
 impl ShardContext {
@@ -85,6 +100,14 @@ impl ShardContext {
         shard.set_now(Instant::now());
         for _ in 0..MAIL_BATCH {
             match self.inbox.try_recv() {
+                Some(Mail::Scrape { reply }) => {
+                    let mut snapshot = shard.snapshot();
+                    snapshot.bytes_in = self.io.bytes_in.get();
+                    snapshot.auth_failures = self.io.auth_failures.get();
+                    snapshot.protocol_errors = self.io.protocol_errors.get();
+                    snapshot.inbox_depth = self.inbox.len() as u64;
+                    let _ = reply.send(snapshot);
+                }
                 Some(mail) => shard.handle_mail(mail),
                 None => break,
             }
@@ -177,10 +200,14 @@ impl Reader {
                 Phase::Closing => Some(Instant::now() + self.ctx.settings.close_grace),
             };
             match self.read(until).await {
-                Read::Bytes(n) => self.on_bytes(n),
+                Read::Bytes(n) => {
+                    bump(&self.ctx.io.bytes_in, n as u64);
+                    self.on_bytes(n);
+                }
                 Read::Closing => self.phase = Phase::Closing,
                 Read::TimedOut if self.phase == Phase::Key => {
                     log::info!("connection {} ({}): auth timeout", self.conn.id, self.peer_text());
+                    bump(&self.ctx.io.auth_failures, 1);
                     self.conn.close(CloseCode::POLICY_VIOLATION, "auth timeout");
                     self.phase = Phase::Closing;
                 }
@@ -354,6 +381,7 @@ impl Reader {
                         peer_text(self.peer),
                         e.reason()
                     );
+                    bump(&self.ctx.io.protocol_errors, 1);
                     self.conn.close(e.close_code(), e.reason());
                     self.phase = Phase::Closing;
                     break;
@@ -426,6 +454,7 @@ fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAd
         }
         None => {
             log::info!("connection {} ({}): bad key", conn.id, peer_text(peer));
+            bump(&ctx.io.auth_failures, 1);
             conn.close(CloseCode::POLICY_VIOLATION, "bad key");
         }
     }
@@ -538,6 +567,9 @@ async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, fd: Ra
         .await;
         loop {
             let sent = conn.out.borrow_mut().send_to(fd);
+            if let Ok(n) = sent {
+                conn.bytes_out.set(conn.bytes_out.get() + n as u64);
+            }
             match sent {
                 Ok(_) if conn.out.borrow().is_empty() => break,
                 Ok(_) => {}
@@ -552,7 +584,10 @@ async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, fd: Ra
                     })
                     .await;
                     match written {
-                        Ok(n) => conn.out.borrow_mut().advance(n),
+                        Ok(n) => {
+                            conn.out.borrow_mut().advance(n);
+                            conn.bytes_out.set(conn.bytes_out.get() + n as u64);
+                        }
                         Err(_) => return conn.writer_failed(),
                     }
                 }

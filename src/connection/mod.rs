@@ -73,6 +73,8 @@ pub struct Connection {
     pub topics: RefCell<Vec<TopicName>>,
     /// Topics this connection answers REQs for (EREQ).
     pub responder_for: RefCell<Vec<TopicName>>,
+    /// Bytes written to the socket.
+    pub bytes_out: Cell<u64>,
     /// Frames skipped under `--slow-consumer drop`.
     pub dropped: Cell<u64>,
 }
@@ -106,6 +108,7 @@ impl Connection {
             pending_requests: Cell::new(0),
             topics: RefCell::new(Vec::new()),
             responder_for: RefCell::new(Vec::new()),
+            bytes_out: Cell::new(0),
             dropped: Cell::new(0),
         })
     }
@@ -184,7 +187,10 @@ impl Connection {
         let mut wrote = false;
         while !out.is_empty() {
             match out.send_to(fd) {
-                Ok(n) if n > 0 => wrote = true,
+                Ok(n) if n > 0 => {
+                    wrote = true;
+                    self.bytes_out.set(self.bytes_out.get() + n as u64);
+                }
                 // Errors (the peer is gone) are the writer's to notice and report.
                 _ => break,
             }

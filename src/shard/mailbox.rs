@@ -76,6 +76,8 @@ pub enum Mail {
     Direct { to: ConnectionId, frame: SharedFrame },
     /// From the signal thread: drain and stop.
     Shutdown,
+    /// From the admin thread: answer with a snapshot of the counters.
+    Scrape { reply: Sender<super::Snapshot> },
     /// Between draining shards: every mail I sent you before this, in round `round` of the
     /// drain barrier, is in your inbox (see `Shard::begin_drain`).
     Drain { round: u8 },

@@ -55,16 +55,40 @@ pub struct ShardConfig {
     pub pending_requests_max: u32,
 }
 
-/// Counters, plain integers owned by the shard; summed across shards only when read.
+/// Counters, plain integers owned by the shard; summed across shards only when scraped.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    pub messages_in: u64,
+    /// Logins, by role: `[service, client]`.
+    pub connections_total: [u64; 2],
+    /// Messages handled, by command in [`Command::ALL`] order, then unknown commands.
+    pub messages_in: [u64; Command::ALL.len() + 1],
     pub deliveries: u64,
     pub dropped: u64,
     pub slow_consumer_closes: u64,
-    pub errors: u64,
+    /// Errors sent, by code in [`ErrorCode::ALL`] order.
+    pub errors: [u64; ErrorCode::ALL.len()],
     pub request_timeouts: u64,
+    /// Mails that found a destination inbox full and waited in the backlog.
     pub mail_backlogged: u64,
+    /// Bytes written by connections that have left (live ones are summed when scraped).
+    pub bytes_out_closed: u64,
+}
+
+/// What a shard reports when scraped: its counters and its current sizes.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub shard: u16,
+    pub stats: Stats,
+    /// Connections now, by role: `[service, client]`.
+    pub connections: [u64; 2],
+    pub topics: u64,
+    pub requests_in_flight: u64,
+    pub bytes_out: u64,
+    // Filled in by the runtime:
+    pub bytes_in: u64,
+    pub inbox_depth: u64,
+    pub auth_failures: u64,
+    pub protocol_errors: u64,
 }
 
 /// One core's share of the broker.
@@ -155,6 +179,23 @@ impl Shard {
         self.connections.len()
     }
 
+    /// Counters and sizes for the metrics endpoint.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot {
+            shard: self.id().0,
+            stats: self.stats.clone(),
+            topics: self.subscriptions.topics() as u64,
+            requests_in_flight: self.pending.len() as u64,
+            bytes_out: self.stats.bytes_out_closed,
+            ..Snapshot::default()
+        };
+        for conn in self.connections.values() {
+            snapshot.connections[usize::from(!conn.is_service())] += 1;
+            snapshot.bytes_out += conn.bytes_out.get();
+        }
+        snapshot
+    }
+
     pub fn topic_count(&self) -> usize {
         self.subscriptions.topics()
     }
@@ -165,6 +206,7 @@ impl Shard {
     /// Registers an authenticated connection and subscribes it to `MSG:<cid>`.
     pub fn register(&mut self, conn: &Rc<Connection>) {
         debug_assert_eq!(conn.id.shard, self.id());
+        self.stats.connections_total[usize::from(!conn.is_service())] += 1;
         self.connections.insert(conn.id.local, conn.clone());
         let mut topic = Vec::with_capacity(4 + conn.cid.len());
         topic.extend_from_slice(b"MSG:");
@@ -178,6 +220,7 @@ impl Shard {
         if self.connections.remove(&conn.id.local).is_none() {
             return;
         }
+        self.stats.bytes_out_closed += conn.bytes_out.get();
         let topics = std::mem::take(&mut *conn.topics.borrow_mut());
         for topic in topics {
             if let (_, Some(emptied)) = self.subscriptions.remove(&topic, conn) {
@@ -232,7 +275,8 @@ impl Shard {
 
     /// Carries out one message from `conn` (already authenticated).
     pub fn handle_message(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
-        self.stats.messages_in += 1;
+        let index = msg.command.map_or(Command::ALL.len(), |c| c as usize);
+        self.stats.messages_in[index] += 1;
         let Some(command) = msg.command else {
             return self.error(conn, ErrorCode::UnknownCommand, msg.word, msg.target, None);
         };
@@ -561,7 +605,7 @@ impl Shard {
                 let mut text = Vec::with_capacity(32);
                 reply::write_error_text(ErrorCode::NoConnection, b"INT", b"UID", &mut text);
                 reply::write_error(ErrorCode::NoConnection, None, &text, &mut payload);
-                self.stats.errors += 1;
+                self.stats.errors[ErrorCode::NoConnection as usize] += 1;
                 if from.shard == self.id() {
                     if let Some(c) = self.connections.get(&from.local) {
                         c.reply_text(&payload);
@@ -585,7 +629,7 @@ impl Shard {
         target: &[u8],
         req_id: Option<&[u8]>,
     ) {
-        self.stats.errors += 1;
+        self.stats.errors[code as usize] += 1;
         let mut text = Vec::with_capacity(command.len() + target.len() + 40);
         reply::write_error_text(code, command, target, &mut text);
         let mut payload = Vec::with_capacity(text.len() + 64);
@@ -656,6 +700,11 @@ impl Shard {
                 }
             }
             Mail::Shutdown => self.begin_drain(),
+            // The runtime answers scrapes itself (adding its I/O counters); a shard run
+            // without one answers with what it has.
+            Mail::Scrape { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
             Mail::Drain { round } => {
                 self.drain.received[usize::from(round)] += 1;
                 self.advance_drain();
@@ -838,4 +887,20 @@ impl Shard {
 
 fn share((bytes, start, topic): (Vec<u8>, usize, std::ops::Range<u32>)) -> SharedFrame {
     SharedFrame { bytes: Arc::new(bytes), start: start as u32, topic }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counters index by `as usize`, so declaration order must be the `ALL` order.
+    #[test]
+    fn counter_indexes_follow_the_all_lists() {
+        for (i, c) in Command::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
 }
