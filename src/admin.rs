@@ -34,7 +34,7 @@ pub fn spawn(addr: SocketAddr, mail: Mailboxes) -> Result<SocketAddr, String> {
         .spawn(move || {
             for stream in listener.incoming().flatten() {
                 if let Err(e) = handle(stream, &mail) {
-                    log::debug!("admin request failed: {e}");
+                    tracing::debug!("admin request failed: {e}");
                 }
             }
         })

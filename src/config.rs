@@ -9,7 +9,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::Keys;
+use tracing_subscriber::filter::LevelFilter;
+
 use crate::connection::SlowConsumer;
+use crate::logging::LogFormat;
 
 /// The development keys of the original, used only on loopback when no key is configured.
 pub const DEV_SERVICE_KEY: &str = "xyzzy";
@@ -100,10 +103,38 @@ pub struct Config {
 
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", value_parser = parse_level)]
-    pub log_level: log::LevelFilter,
+    pub log_level: LevelFilter,
+
+    /// Print the effective configuration (keys masked) and exit.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
+
+    /// Log line format: text, or json (one object per line).
+    #[arg(long = "log-format", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 impl Config {
+    /// Checks values that parse but cannot work together.
+    pub fn validate(&self) -> Result<(), String> {
+        // `MSG:` and a 20-character cid: every connection's private topic must fit.
+        const PRIVATE_TOPIC_BYTES: usize = 4 + crate::ids::CID_LEN;
+        if self.topic_bytes_max < PRIVATE_TOPIC_BYTES {
+            return Err(format!(
+                "--max-topic-bytes must be at least {PRIVATE_TOPIC_BYTES} (the private topic MSG:<cid>)"
+            ));
+        }
+        if self.headers_max < 3 {
+            return Err(
+                "--max-headers must be at least 3 (a request's ReqID, Rid and one more)".into()
+            );
+        }
+        if self.message_bytes_max < 64 {
+            return Err("--max-message-bytes must be at least 64".into());
+        }
+        Ok(())
+    }
+
     /// The keys to accept, or why the broker must not start.
     pub fn keys(&self) -> Result<(Keys, bool), String> {
         let service: Vec<Vec<u8>> = self
@@ -132,8 +163,57 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The effective configuration as `name = value` lines, keys masked, for
+    /// `--print-config`.
+    pub fn effective(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let keys = match self.keys() {
+            Ok((_, true)) => "development keys (loopback only)".to_owned(),
+            Ok(_) => format!(
+                "{} service key(s), {} client key(s) (masked)",
+                self.service_keys.iter().filter(|k| !k.is_empty()).count(),
+                self.client_keys.iter().filter(|k| !k.is_empty()).count()
+            ),
+            Err(e) => format!("none: {e}"),
+        };
+        let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+        let shards =
+            self.shards.map_or_else(|| "every CPU in the affinity mask".into(), |n| n.to_string());
+        let admin = self.admin_listen.map_or_else(|| "off".into(), |a| a.to_string());
+        let timeout = if self.request_timeout.is_zero() {
+            "off".into()
+        } else {
+            format!("{:?}", self.request_timeout)
+        };
+        for (name, value) in [
+            ("listen", listen.join(", ")),
+            ("shards", shards),
+            ("keys", keys),
+            ("max-message-bytes", self.message_bytes_max.to_string()),
+            ("max-pending-bytes", self.pending_bytes_max.to_string()),
+            ("slow-consumer", format!("{:?}", self.slow_consumer).to_lowercase()),
+            ("request-timeout", timeout),
+            ("auth-timeout", format!("{:?}", self.auth_timeout)),
+            ("drain-timeout", format!("{:?}", self.drain_timeout)),
+            ("max-topic-bytes", self.topic_bytes_max.to_string()),
+            ("max-headers", self.headers_max.to_string()),
+            ("max-connections", self.connections_max.to_string()),
+            ("max-subscriptions-per-connection", self.subscriptions_max.to_string()),
+            ("max-pending-requests", self.pending_requests_max.to_string()),
+            ("admin-listen", admin),
+            ("log-level", self.log_level.to_string().to_lowercase()),
+            ("log-format", format!("{:?}", self.log_format).to_lowercase()),
+        ] {
+            let _ = writeln!(out, "{name} = {value}");
+        }
+        out
+    }
+}
+
 /// Parses a log level name.
-pub fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
+pub fn parse_level(text: &str) -> Result<LevelFilter, String> {
     text.parse()
         .map_err(|_| format!("`{text}` is not a log level (error, warn, info, debug, trace, off)"))
 }
@@ -198,6 +278,16 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("2").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn effective_config_masks_keys() {
+        let c =
+            Config::parse_from(["middleman", "--service-key", "s3cret", "--client-key", "pub1"]);
+        let shown = c.effective();
+        assert!(!shown.contains("s3cret") && !shown.contains("pub1"), "{shown}");
+        assert!(shown.contains("keys = 1 service key(s), 1 client key(s) (masked)"), "{shown}");
+        assert!(shown.contains("max-pending-bytes = 8388608"), "{shown}");
     }
 
     #[test]

@@ -1,42 +1,34 @@
-//! A small stderr logger for the `log` facade (glommio logs through it too).
+//! Logs through `tracing`, to standard error, as text or JSON lines.
 //!
-//! One line per event: seconds since the Unix epoch, level, message. The level comes from
-//! `RUST_LOG` (a plain level name) or `--log-level`. Nothing logged anywhere includes a key.
+//! The level comes from `RUST_LOG` (any `tracing` filter, e.g. `info` or
+//! `middleman=debug,glommio=warn`) or else from `--log-level`. glommio logs through the `log`
+//! crate; those records are forwarded too. Nothing logged anywhere includes a key: connection
+//! events name the connection id and the peer address.
 
-use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "{}.{:03} {:5} {}",
-            now.as_secs(),
-            now.subsec_millis(),
-            record.level(),
-            record.args()
-        );
-    }
-
-    fn flush(&self) {}
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
-static LOGGER: StderrLogger = StderrLogger;
-
-/// Installs the logger; `RUST_LOG` (if it names a level) wins over `level`.
-pub fn init(level: log::LevelFilter) {
-    let level = std::env::var("RUST_LOG").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(level);
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+/// Installs the subscriber; `RUST_LOG`, when set and valid, wins over `level`.
+pub fn init(level: LevelFilter, format: LogFormat) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(level.to_string()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // A second init (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }

@@ -64,9 +64,10 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 
 /// Runs the broker until a signal has drained it.
 pub fn run(config: Config) -> Result<(), String> {
+    config.validate()?;
     let (keys, dev_keys) = config.keys()?;
     if dev_keys {
-        log::warn!(
+        tracing::warn!(
             "no keys configured: using the development keys of the original (loopback only)"
         );
     }
@@ -91,7 +92,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let placement = if shards <= cpus.len() {
         PoolPlacement::MaxSpread(shards, Some(cpu_set(&cpus)?))
     } else {
-        log::warn!("{shards} shards on {} CPUs: shards will share CPUs", cpus.len());
+        tracing::warn!("{shards} shards on {} CPUs: shards will share CPUs", cpus.len());
         PoolPlacement::Fenced(shards, cpu_set(&cpus)?)
     };
     let start = {
@@ -145,12 +146,13 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     let _ = out.flush();
     drop(out);
-    log::info!(
-        "middleman {} serving {} shard(s) on CPUs {:?}, listening on {:?}",
-        env!("CARGO_PKG_VERSION"),
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         shards,
-        cpus,
-        listen
+        cpus = ?cpus,
+        listen = ?listen,
+        admin = ?admin,
+        "middleman started"
     );
 
     let mut failed = None;
@@ -159,7 +161,7 @@ pub fn run(config: Config) -> Result<(), String> {
             failed = Some(format!("a shard failed: {e}"));
         }
     }
-    log::info!("shut down");
+    tracing::info!("shut down");
     failed.map_or(Ok(()), Err)
 }
 
@@ -261,7 +263,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     if !runtime.live.borrow().is_empty() {
-        log::warn!(
+        tracing::warn!(
             "shard {}: {} connection(s) still open at the drain timeout",
             id.0,
             runtime.live.borrow().len()
@@ -314,7 +316,7 @@ async fn accept_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>, listener: TcpL
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors, most likely: back off instead of spinning.
-                log::warn!("accept failed: {e}");
+                tracing::warn!("accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -388,7 +390,7 @@ fn spawn_signal_thread(mail: Mailboxes) -> Result<(), String> {
         .name("signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                log::info!("signal {signal}: draining");
+                tracing::info!("signal {signal}: draining");
                 shutdown_all(&mail);
             }
         })

@@ -16,7 +16,6 @@
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -133,7 +132,7 @@ enum Phase {
 
 /// Serves one accepted connection until it is gone.
 pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, conn: Rc<Connection>) {
-    let peer = stream.peer_addr().ok();
+    conn.peer.set(stream.peer_addr().ok());
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     conn.fd.set(Some(fd));
@@ -143,7 +142,6 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, conn: Rc<Connection
         ctx: ctx.clone(),
         conn: conn.clone(),
         stream,
-        peer,
         phase: Phase::Upgrade,
         decoder: Decoder::new(ctx.settings.message_bytes_max),
         pending: Carry::default(),
@@ -165,7 +163,6 @@ struct Reader {
     ctx: Rc<ShardContext>,
     conn: Rc<Connection>,
     stream: Rc<RefCell<TcpStream>>,
-    peer: Option<SocketAddr>,
     phase: Phase,
     decoder: Decoder,
     /// An unfinished frame (or upgrade request) carried over to the next read, or frames
@@ -206,7 +203,7 @@ impl Reader {
                 }
                 Read::Closing => self.phase = Phase::Closing,
                 Read::TimedOut if self.phase == Phase::Key => {
-                    log::info!("connection {} ({}): auth timeout", self.conn.id, self.peer_text());
+                    tracing::info!(cid = %self.conn.id, peer = %self.conn.peer_text(), "auth timeout");
                     bump(&self.ctx.io.auth_failures, 1);
                     self.conn.close(CloseCode::POLICY_VIOLATION, "auth timeout");
                     self.phase = Phase::Closing;
@@ -375,11 +372,11 @@ impl Reader {
                     event
                 }
                 Err(e) => {
-                    log::info!(
-                        "connection {} ({}): protocol error: {}",
-                        self.conn.id,
-                        peer_text(self.peer),
-                        e.reason()
+                    tracing::info!(
+                        cid = %self.conn.id,
+                        peer = %self.conn.peer_text(),
+                        reason = e.reason(),
+                        "protocol error"
                     );
                     bump(&self.ctx.io.protocol_errors, 1);
                     self.conn.close(e.close_code(), e.reason());
@@ -406,7 +403,7 @@ impl Reader {
                 }
                 Some(WsEvent::Message { binary, payload }) => {
                     if self.phase == Phase::Key {
-                        authenticate(&self.ctx, &self.conn, self.peer, payload);
+                        authenticate(&self.ctx, &self.conn, payload);
                         self.phase =
                             if self.conn.is_closing() { Phase::Closing } else { Phase::Open };
                     } else {
@@ -428,18 +425,10 @@ impl Reader {
         self.conn.close_silently();
         self.phase = Phase::Closing;
     }
-
-    fn peer_text(&self) -> String {
-        peer_text(self.peer)
-    }
-}
-
-fn peer_text(peer: Option<SocketAddr>) -> String {
-    peer.map_or_else(|| "unknown peer".to_owned(), |p| p.to_string())
 }
 
 /// The first message: the key.
-fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAddr>, key: &[u8]) {
+fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, key: &[u8]) {
     if ctx.shard.borrow().shutdown_requested {
         return; // draining: no new logins; the connection is closed with 1001
     }
@@ -450,10 +439,10 @@ fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, peer: Option<SocketAd
             conn.reply_text(&conn.cid);
             ctx.shard.borrow_mut().register(conn);
             let role = if role == Role::Service { "service" } else { "client" };
-            log::debug!("connection {} ({}): authenticated as {role}", conn.id, peer_text(peer));
+            tracing::debug!(cid = %conn.id, peer = %conn.peer_text(), role, "authenticated");
         }
         None => {
-            log::info!("connection {} ({}): bad key", conn.id, peer_text(peer));
+            tracing::info!(cid = %conn.id, peer = %conn.peer_text(), "bad key");
             bump(&ctx.io.auth_failures, 1);
             conn.close(CloseCode::POLICY_VIOLATION, "bad key");
         }
@@ -485,7 +474,7 @@ fn dispatch(
                 }
             }
             Err(e) => {
-                log::debug!("connection {}: malformed message: {}", conn.id, e.text());
+                tracing::debug!(cid = %conn.id, peer = %conn.peer_text(), what = e.text(), "malformed message");
                 shard.malformed(conn, e.text());
                 return None;
             }

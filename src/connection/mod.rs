@@ -50,6 +50,8 @@ pub struct Connection {
     pub id: ConnectionId,
     pub cid: [u8; CID_LEN],
     pub role: Cell<Option<Role>>,
+    /// The peer's address, for log lines.
+    pub peer: Cell<Option<std::net::SocketAddr>>,
     /// The socket, once the connection's I/O has started (none in tests without sockets).
     pub fd: Cell<Option<std::os::fd::RawFd>>,
     /// The WebSocket upgrade is done: close frames may be sent.
@@ -96,6 +98,7 @@ impl Connection {
             id,
             cid: id.encode(),
             role: Cell::new(None),
+            peer: Cell::new(None),
             fd: Cell::new(None),
             upgraded: Cell::new(false),
             uid: RefCell::new(Box::default()),
@@ -111,6 +114,11 @@ impl Connection {
             bytes_out: Cell::new(0),
             dropped: Cell::new(0),
         })
+    }
+
+    /// The peer's address as text, for log lines.
+    pub fn peer_text(&self) -> String {
+        self.peer.get().map_or_else(|| "unknown peer".to_owned(), |p| p.to_string())
     }
 
     pub fn role(&self) -> Option<Role> {

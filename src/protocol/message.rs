@@ -177,6 +177,10 @@ pub enum Malformed {
     BadTargetByte,
     /// A line between the first line and the blank line has no `:`.
     HeaderNoColon,
+    /// A header line holds a NUL or a CR that is not part of its CRLF. Relayed as is, a lone
+    /// CR would let a lax receiver (one that splits lines on CR) see a header the broker
+    /// never checked, such as a spoofed `Uid`.
+    BadHeaderByte,
     /// A header line whose name (before the `:`, whitespace trimmed) is empty.
     EmptyHeaderName,
     /// More than [`Limits::headers_max`] headers.
@@ -197,6 +201,7 @@ impl Malformed {
             Self::TargetTooLong => "target too long",
             Self::BadTargetByte => "target contains a control byte",
             Self::HeaderNoColon => "header line without a colon",
+            Self::BadHeaderByte => "header contains a control byte",
             Self::EmptyHeaderName => "empty header name",
             Self::TooManyHeaders => "too many headers",
             Self::NoBlankLine => "no blank line after the headers",
@@ -288,6 +293,9 @@ fn split_first_line(line: &[u8], limits: Limits) -> Result<(&[u8], &[u8]), Malfo
 
 /// Parses one header line (without its EOL, not empty).
 fn parse_header(line: &[u8]) -> Result<Header<'_>, Malformed> {
+    if memchr::memchr2(b'\r', 0, line).is_some() {
+        return Err(Malformed::BadHeaderByte);
+    }
     let colon = memchr(b':', line).ok_or(Malformed::HeaderNoColon)?;
     let name = trim_wsp(&line[..colon]);
     if name.is_empty() {
@@ -529,6 +537,7 @@ mod tests {
             Malformed::TargetTooLong,
             Malformed::BadTargetByte,
             Malformed::HeaderNoColon,
+            Malformed::BadHeaderByte,
             Malformed::EmptyHeaderName,
             Malformed::TooManyHeaders,
             Malformed::NoBlankLine,
@@ -666,6 +675,8 @@ mod tests {
     #[test]
     fn error_header_no_colon() {
         assert_eq!(err(b"PUB t\nNoColon\n\n.\n"), Malformed::HeaderNoColon);
+        assert_eq!(err(b"PUB t\r\nCIDb\rUid:c\r\n\r\n.\r\n"), Malformed::BadHeaderByte);
+        assert_eq!(err(b"PUB t\nA: 1\0\n\n.\n"), Malformed::BadHeaderByte);
         assert_eq!(err(b"PUB t\nA: 1\r\nB 2\r\n\r\n.\r\n"), Malformed::HeaderNoColon);
         // A line holding only whitespace is not a blank line.
         assert_eq!(err(b"PUB t\n \n\n.\n"), Malformed::HeaderNoColon);

@@ -414,10 +414,11 @@ impl Shard {
                 Delivery::Dropped => self.stats.dropped += 1,
                 Delivery::ClosedSlow => {
                     self.stats.slow_consumer_closes += 1;
-                    log::warn!(
-                        "connection {} closed: slow consumer (over {} pending bytes)",
-                        conn.id,
-                        max
+                    tracing::warn!(
+                        cid = %conn.id,
+                        peer = %conn.peer_text(),
+                        pending_bytes_max = max,
+                        "slow consumer: closed"
                     );
                 }
                 Delivery::Closing => {}
