@@ -73,6 +73,11 @@ pub struct Config {
     #[arg(long = "auth-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub auth_timeout: Duration,
 
+    /// How often the broker pings a connection it has not heard from; one that shows no sign
+    /// of life for two intervals is closed (0: never).
+    #[arg(long = "ping-interval", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
     /// How long shutdown waits for connections to flush and close.
     #[arg(long = "drain-timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -197,6 +202,14 @@ impl Config {
             ("request-timeout", timeout),
             ("auth-timeout", format!("{:?}", self.auth_timeout)),
             ("drain-timeout", format!("{:?}", self.drain_timeout)),
+            (
+                "ping-interval",
+                if self.ping_interval.is_zero() {
+                    "off".into()
+                } else {
+                    format!("{:?}", self.ping_interval)
+                },
+            ),
             ("max-topic-bytes", self.topic_bytes_max.to_string()),
             ("max-headers", self.headers_max.to_string()),
             ("max-connections", self.connections_max.to_string()),

@@ -34,11 +34,12 @@ use ahash::AHashMap;
 use crate::auth::Keys;
 use crate::config::Config;
 use crate::connection::io::{serve, ConnectionSettings, IoCounters, ShardContext, SCRATCH_BYTES};
+use crate::connection::outbound::{Frame, FrameBytes};
 use crate::connection::Connection;
 use crate::ids::{ConnectionId, ShardId};
 use crate::protocol::handshake;
 use crate::protocol::message::Limits;
-use crate::protocol::ws::CloseCode;
+use crate::protocol::ws::{self, CloseCode};
 use crate::shard::mailbox::{mailboxes, Inbox, Mail, Mailboxes};
 use crate::shard::topics::SHARDS_MAX;
 use crate::shard::{Shard, ShardConfig};
@@ -235,6 +236,8 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         .collect();
     let mail_loop = glommio::spawn_local(mail_loop(ctx.clone()));
     let ticker = glommio::spawn_local(tick_loop(ctx.clone()));
+    let keepalive = (!config.ping_interval.is_zero())
+        .then(|| glommio::spawn_local(keepalive_loop(runtime.clone(), config.ping_interval)));
     let _ = ready.send(Ok(()));
 
     wait_for(&ctx, |shard| shard.shutdown_requested).await;
@@ -269,6 +272,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
             runtime.live.borrow().len()
         );
     }
+    drop(keepalive);
     drop(ticker);
     drop(mail_loop);
 }
@@ -373,6 +377,40 @@ async fn tick_loop(ctx: Rc<ShardContext>) {
         shard.set_now(Instant::now());
         shard.expire_requests();
         shard.flush_mail(&ctx.mailboxes);
+    }
+}
+
+/// Pings connections that have been quiet for an interval and closes those that stay quiet
+/// for another.
+/// One sweep per interval over the shard's connections, rather than a timer per connection;
+/// every ping is the same shared frame.
+async fn keepalive_loop(runtime: Rc<Runtime>, interval: Duration) {
+    let mut bytes = Vec::with_capacity(2);
+    ws::encode_frame(ws::Opcode::Ping, b"", &mut bytes);
+    let ping: Frame = Rc::new(FrameBytes::Local { bytes, start: 0 });
+    loop {
+        glommio::timer::sleep(interval).await;
+        let now = Instant::now();
+        for conn in runtime.live.borrow().values() {
+            if !conn.upgraded.get() || conn.is_closing() {
+                continue; // the auth timeout bounds the upgrade
+            }
+            let heard = conn.last_seen.get();
+            match conn.pinged.get() {
+                // Pinged an interval ago and nothing since: two intervals of silence.
+                Some(at) if heard < at => {
+                    if now.saturating_duration_since(at) >= interval {
+                        tracing::info!(cid = %conn.id, peer = %conn.peer_text(), "no sign of life: closed");
+                        conn.close(CloseCode::POLICY_VIOLATION, "ping timeout");
+                    }
+                }
+                _ if now.saturating_duration_since(heard) >= interval => {
+                    conn.pinged.set(Some(now));
+                    conn.reply(ping.clone());
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -199,6 +199,7 @@ impl Reader {
             match self.read(until).await {
                 Read::Bytes(n) => {
                     bump(&self.ctx.io.bytes_in, n as u64);
+                    self.conn.last_seen.set(Instant::now());
                     self.on_bytes(n);
                 }
                 Read::Closing => self.phase = Phase::Closing,

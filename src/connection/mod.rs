@@ -50,6 +50,10 @@ pub struct Connection {
     pub id: ConnectionId,
     pub cid: [u8; CID_LEN],
     pub role: Cell<Option<Role>>,
+    /// When the peer last sent anything (any byte counts as a sign of life).
+    pub last_seen: Cell<std::time::Instant>,
+    /// When the broker last pinged it (keep-alive).
+    pub pinged: Cell<Option<std::time::Instant>>,
     /// The peer's address, for log lines.
     pub peer: Cell<Option<std::net::SocketAddr>>,
     /// The socket, once the connection's I/O has started (none in tests without sockets).
@@ -98,6 +102,8 @@ impl Connection {
             id,
             cid: id.encode(),
             role: Cell::new(None),
+            last_seen: Cell::new(std::time::Instant::now()),
+            pinged: Cell::new(None),
             peer: Cell::new(None),
             fd: Cell::new(None),
             upgraded: Cell::new(false),
