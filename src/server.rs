@@ -398,12 +398,12 @@ async fn keepalive_loop(runtime: Rc<Runtime>, interval: Duration) {
             let heard = conn.last_seen.get();
             match conn.pinged.get() {
                 // Pinged an interval ago and nothing since: two intervals of silence.
-                Some(at) if heard < at => {
-                    if now.saturating_duration_since(at) >= interval {
-                        tracing::info!(cid = %conn.id, peer = %conn.peer_text(), "no sign of life: closed");
-                        conn.close(CloseCode::POLICY_VIOLATION, "ping timeout");
-                    }
+                Some(at) if heard < at && now.saturating_duration_since(at) >= interval => {
+                    tracing::info!(cid = %conn.id, peer = %conn.peer_text(), "no sign of life: closed");
+                    conn.close(CloseCode::POLICY_VIOLATION, "ping timeout");
                 }
+                // Pinged and waiting.
+                Some(at) if heard < at => {}
                 _ if now.saturating_duration_since(heard) >= interval => {
                     conn.pinged.set(Some(now));
                     conn.reply(ping.clone());
