@@ -110,6 +110,17 @@ pub struct Config {
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", value_parser = parse_level)]
     pub log_level: LevelFilter,
 
+    /// A file of keys, one `service KEY` or `client KEY` per line (`#` comments), added to
+    /// the keys given otherwise; re-read on SIGHUP without dropping connections.
+    #[arg(long = "keys-file", value_name = "FILE")]
+    pub keys_file: Option<std::path::PathBuf>,
+
+    /// An `Origin` a browser may connect from (repeatable; exact match, e.g.
+    /// `https://app.example.com`). Default: any origin. Requests without an `Origin` header
+    /// (non-browser clients) are always allowed.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+
     /// Print the effective configuration (keys masked) and exit.
     #[arg(long = "print-config")]
     pub print_config: bool,
@@ -142,18 +153,12 @@ impl Config {
 
     /// The keys to accept, or why the broker must not start.
     pub fn keys(&self) -> Result<(Keys, bool), String> {
-        let service: Vec<Vec<u8>> = self
-            .service_keys
-            .iter()
-            .filter(|k| !k.is_empty())
-            .map(|k| k.as_bytes().to_vec())
-            .collect();
-        let client: Vec<Vec<u8>> = self
-            .client_keys
-            .iter()
-            .filter(|k| !k.is_empty())
-            .map(|k| k.as_bytes().to_vec())
-            .collect();
+        let (mut service, mut client) = match &self.keys_file {
+            Some(path) => read_keys_file(path)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        service.extend(self.flag_keys(&self.service_keys));
+        client.extend(self.flag_keys(&self.client_keys));
         if !service.is_empty() || !client.is_empty() {
             return Ok((Keys::new(service, client), false));
         }
@@ -162,10 +167,15 @@ impl Config {
             return Ok((keys, true));
         }
         Err("no keys configured and a listen address is not loopback: give --service-key and \
-             --client-key (or MIDDLEMAN_SERVICE_KEYS / MIDDLEMAN_CLIENT_KEYS); the development \
-             keys are only used on loopback"
+             --client-key (or MIDDLEMAN_SERVICE_KEYS / MIDDLEMAN_CLIENT_KEYS, or --keys-file); \
+             the development keys are only used on loopback"
             .into())
     }
+
+    fn flag_keys(&self, keys: &[String]) -> Vec<Vec<u8>> {
+        keys.iter().filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()).collect()
+    }
+
 }
 
 impl Config {
@@ -223,6 +233,38 @@ impl Config {
         }
         out
     }
+}
+
+/// Reads a keys file: `service KEY` or `client KEY` per line; blank lines and lines starting
+/// with `#` are skipped. The error names the line, never the key.
+pub fn read_keys_file(path: &std::path::Path) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read keys file {}: {e}", path.display()))?;
+    let (mut service, mut client) = (Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (role, key) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let key = key.trim();
+        let list = match role {
+            "service" => &mut service,
+            "client" => &mut client,
+            _ => {
+                return Err(format!(
+                    "{} line {}: expected `service KEY` or `client KEY`",
+                    path.display(),
+                    n + 1
+                ))
+            }
+        };
+        if key.is_empty() {
+            return Err(format!("{} line {}: the key is missing", path.display(), n + 1));
+        }
+        list.push(key.as_bytes().to_vec());
+    }
+    Ok((service, client))
 }
 
 /// Parses a log level name.

@@ -83,7 +83,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let (mail, inboxes) = mailboxes(shards, INBOX_CAPACITY);
     // Before any shard runs: a signal that arrives during start-up is queued as mail and
     // handled as soon as the shards start, never the default action (death).
-    spawn_signal_thread(mail.clone())?;
+    spawn_signal_thread(mail.clone(), config.clone())?;
     let inboxes: Arc<Mutex<Vec<Option<Inbox>>>> =
         Arc::new(Mutex::new(inboxes.into_iter().map(Some).collect()));
     let next_shard = Arc::new(AtomicUsize::new(0));
@@ -197,12 +197,13 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         mailboxes: mail,
         inbox,
         inbox_capacity: INBOX_CAPACITY,
-        keys,
+        keys: RefCell::new(keys),
         settings: ConnectionSettings {
             message_bytes_max: config.message_bytes_max,
             auth_timeout: config.auth_timeout,
             close_grace: config.drain_timeout.min(Duration::from_secs(2)),
             limits,
+            allowed_origins: config.allowed_origins.clone(),
         },
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
         shutdown_waker: Cell::new(None),
@@ -420,16 +421,31 @@ fn shutdown_all(mail: &Mailboxes) {
     }
 }
 
-fn spawn_signal_thread(mail: Mailboxes) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+/// SIGTERM and SIGINT drain and stop the broker; SIGHUP re-reads the keys (from
+/// `--keys-file`, the flags and the environment) and hands them to every shard, leaving
+/// connected peers alone. A keys file that cannot be read keeps the old keys.
+fn spawn_signal_thread(mail: Mailboxes, config: Config) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                tracing::info!("signal {signal}: draining");
-                shutdown_all(&mail);
+            for signal in signals.forever() {
+                if signal != SIGHUP {
+                    tracing::info!("signal {signal}: draining");
+                    shutdown_all(&mail);
+                    return;
+                }
+                match config.keys() {
+                    Ok((keys, _)) => {
+                        tracing::info!(keys = ?keys, "SIGHUP: keys reloaded");
+                        for s in 0..mail.shards() {
+                            mail.send_blocking(ShardId(s as u16), Mail::Keys(keys.clone()));
+                        }
+                    }
+                    Err(e) => tracing::warn!("SIGHUP: keys not reloaded, keeping the old ones: {e}"),
+                }
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;

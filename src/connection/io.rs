@@ -52,6 +52,8 @@ pub struct ConnectionSettings {
     /// How long a closing connection waits for the peer's close before the socket is shut.
     pub close_grace: Duration,
     pub limits: Limits,
+    /// `--allowed-origin`; empty: any origin.
+    pub allowed_origins: Vec<String>,
 }
 
 /// What a shard's connections share: the routing state, the mail, the scratch buffer.
@@ -60,7 +62,8 @@ pub struct ShardContext {
     pub mailboxes: Mailboxes,
     pub inbox: Inbox,
     pub inbox_capacity: usize,
-    pub keys: Keys,
+    /// The keys to accept; replaced on SIGHUP when a keys file is used.
+    pub keys: RefCell<Keys>,
     pub settings: ConnectionSettings,
     pub scratch: RefCell<Vec<u8>>,
     /// The shard's main task, waiting for `Shutdown`.
@@ -107,6 +110,7 @@ impl ShardContext {
                     snapshot.inbox_depth = self.inbox.len() as u64;
                     let _ = reply.send(snapshot);
                 }
+                Some(Mail::Keys(keys)) => *self.keys.borrow_mut() = keys,
                 Some(mail) => shard.handle_mail(mail),
                 None => break,
             }
@@ -357,6 +361,19 @@ impl Reader {
                     self.reject(response);
                     return buf.len();
                 }
+                Upgrade::Accept { origin: Some(origin), .. }
+                    if !self.ctx.settings.allowed_origins.is_empty()
+                        && !self.ctx.settings.allowed_origins.contains(&origin) =>
+                {
+                    tracing::info!(
+                        cid = %self.conn.id,
+                        peer = %self.conn.peer_text(),
+                        origin,
+                        "origin not allowed"
+                    );
+                    self.reject(handshake::FORBIDDEN);
+                    return buf.len();
+                }
                 Upgrade::Accept { consumed, response, .. } => {
                     self.conn.reply(raw_frame(response));
                     self.conn.upgraded.set(true);
@@ -433,7 +450,8 @@ fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, key: &[u8]) {
     if ctx.shard.borrow().shutdown_requested {
         return; // draining: no new logins; the connection is closed with 1001
     }
-    match ctx.keys.role(key) {
+    let role = ctx.keys.borrow().role(key);
+    match role {
         Some(role) => {
             conn.role.set(Some(role));
             conn.reply_text(reply::MM_OK);

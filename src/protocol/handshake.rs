@@ -75,6 +75,14 @@ Sec-WebSocket-Version: 13\r\n\
 \r\n\
 request header too large\n";
 
+/// `403 Forbidden`, for an upgrade from an `Origin` not in `--allowed-origin`.
+pub const FORBIDDEN: &[u8] = b"HTTP/1.1 403 Forbidden\r\n\
+Connection: close\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 19\r\n\
+\r\n\
+origin not allowed\n";
+
 /// `503 Service Unavailable`, sent at the connection limit.
 pub const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 Connection: close\r\n\

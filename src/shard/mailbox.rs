@@ -76,6 +76,8 @@ pub enum Mail {
     Direct { to: ConnectionId, frame: SharedFrame },
     /// From the signal thread: drain and stop.
     Shutdown,
+    /// From the signal thread (SIGHUP): the keys to accept from now on.
+    Keys(crate::auth::Keys),
     /// From the admin thread: answer with a snapshot of the counters.
     Scrape { reply: Sender<super::Snapshot> },
     /// Between draining shards: every mail I sent you before this, in round `round` of the

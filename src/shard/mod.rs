@@ -701,6 +701,8 @@ impl Shard {
                 }
             }
             Mail::Shutdown => self.begin_drain(),
+            // Keys are the runtime's (the shard never sees a key).
+            Mail::Keys(_) => {}
             // The runtime answers scrapes itself (adding its I/O counters); a shard run
             // without one answers with what it has.
             Mail::Scrape { reply } => {
