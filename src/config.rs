@@ -235,9 +235,12 @@ impl Config {
     }
 }
 
+/// Service keys and client keys, in that order.
+pub type KeyLists = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// Reads a keys file: `service KEY` or `client KEY` per line; blank lines and lines starting
 /// with `#` are skipped. The error names the line, never the key.
-pub fn read_keys_file(path: &std::path::Path) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), String> {
+pub fn read_keys_file(path: &std::path::Path) -> Result<KeyLists, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read keys file {}: {e}", path.display()))?;
     let (mut service, mut client) = (Vec::new(), Vec::new());
