@@ -26,6 +26,19 @@ pub struct Config {
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8765")]
     pub listen: Vec<SocketAddr>,
 
+    /// Address to accept TLS WebSocket connections (wss://) on (repeatable); needs --tls-cert
+    /// and --tls-key.
+    #[arg(long = "tls-listen", value_name = "ADDR")]
+    pub tls_listen: Vec<SocketAddr>,
+
+    /// PEM certificate chain for --tls-listen.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for --tls-listen.
+    #[arg(long = "tls-key", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Number of shards (one thread per CPU). Default: every CPU in the affinity mask.
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
@@ -145,6 +158,9 @@ impl Config {
                 "--max-headers must be at least 3 (a request's ReqID, Rid and one more)".into()
             );
         }
+        if !self.tls_listen.is_empty() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("--tls-listen needs --tls-cert and --tls-key".into());
+        }
         if self.message_bytes_max < 64 {
             return Err("--max-message-bytes must be at least 64".into());
         }
@@ -162,7 +178,7 @@ impl Config {
         if !service.is_empty() || !client.is_empty() {
             return Ok((Keys::new(service, client), false));
         }
-        if self.listen.iter().all(|a| a.ip().is_loopback()) {
+        if self.listen.iter().chain(&self.tls_listen).all(|a| a.ip().is_loopback()) {
             let keys = Keys::new(vec![DEV_SERVICE_KEY.into()], vec![DEV_CLIENT_KEY.into()]);
             return Ok((keys, true));
         }
@@ -175,7 +191,6 @@ impl Config {
     fn flag_keys(&self, keys: &[String]) -> Vec<Vec<u8>> {
         keys.iter().filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()).collect()
     }
-
 }
 
 impl Config {
@@ -204,6 +219,10 @@ impl Config {
         };
         for (name, value) in [
             ("listen", listen.join(", ")),
+            (
+                "tls-listen",
+                self.tls_listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            ),
             ("shards", shards),
             ("keys", keys),
             ("max-message-bytes", self.message_bytes_max.to_string()),

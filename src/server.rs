@@ -35,6 +35,7 @@ use crate::auth::Keys;
 use crate::config::Config;
 use crate::connection::io::{serve, ConnectionSettings, IoCounters, ShardContext, SCRATCH_BYTES};
 use crate::connection::outbound::{Frame, FrameBytes};
+use crate::connection::tls::CIPHER_READ_BYTES;
 use crate::connection::Connection;
 use crate::ids::{ConnectionId, ShardId};
 use crate::protocol::handshake;
@@ -78,7 +79,23 @@ pub fn run(config: Config) -> Result<(), String> {
         return Err(format!("--shards must be between 1 and {SHARDS_MAX}"));
     }
     probe_io_uring()?;
-    let (listen, port_holders) = resolve_ports(&config.listen)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) if !config.tls_listen.is_empty() => {
+            Some(crate::connection::tls::server_config(cert, key)?)
+        }
+        _ => None,
+    };
+    let addresses: Vec<SocketAddr> =
+        config.listen.iter().chain(&config.tls_listen).copied().collect();
+    let (resolved, port_holders) = resolve_ports(&addresses)?;
+    let listen: Vec<Endpoint> = resolved
+        .into_iter()
+        .enumerate()
+        .map(|(i, addr)| Endpoint {
+            addr,
+            tls: (i >= config.listen.len()).then(|| tls.clone()).flatten(),
+        })
+        .collect();
 
     let (mail, inboxes) = mailboxes(shards, INBOX_CAPACITY);
     // Before any shard runs: a signal that arrives during start-up is queued as mail and
@@ -139,8 +156,9 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for addr in &listen {
-        let _ = writeln!(out, "listening on ws://{addr}");
+    for endpoint in &listen {
+        let scheme = if endpoint.tls.is_some() { "wss" } else { "ws" };
+        let _ = writeln!(out, "listening on {scheme}://{}", endpoint.addr);
     }
     if let Some(addr) = admin {
         let _ = writeln!(out, "admin on http://{addr}");
@@ -151,7 +169,7 @@ pub fn run(config: Config) -> Result<(), String> {
         version = env!("CARGO_PKG_VERSION"),
         shards,
         cpus = ?cpus,
-        listen = ?listen,
+        listen = ?listen.iter().map(|e| e.addr).collect::<Vec<_>>(),
         admin = ?admin,
         "middleman started"
     );
@@ -174,12 +192,20 @@ struct ShardSetup {
     config: Config,
     keys: Keys,
     mail: Mailboxes,
-    listen: Vec<SocketAddr>,
+    listen: Vec<Endpoint>,
+}
+
+/// A listen address, and the TLS configuration if it is a `--tls-listen` one.
+#[derive(Clone)]
+struct Endpoint {
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The life of one shard.
 async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(), String>>) {
     let ShardSetup { id, shards, epoch, config, keys, mail, listen } = setup;
+    let tls_used = listen.iter().any(|e| e.tls.is_some());
     let limits =
         Limits { topic_bytes_max: config.topic_bytes_max, headers_max: config.headers_max };
     let shard_config = ShardConfig {
@@ -206,20 +232,23 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
             allowed_origins: config.allowed_origins.clone(),
         },
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+        cipher: RefCell::new(if tls_used { vec![0; CIPHER_READ_BYTES] } else { Vec::new() }),
         shutdown_waker: Cell::new(None),
         io: IoCounters::default(),
     });
     let mut listeners = Vec::with_capacity(listen.len());
     let mut listener_fds = Vec::with_capacity(listen.len());
-    for addr in &listen {
-        match listen_socket(*addr) {
+    for endpoint in &listen {
+        match listen_socket(endpoint.addr) {
             Ok(socket) => {
                 listener_fds.push(socket.as_raw_fd());
                 // SAFETY: the descriptor is a freshly created listening TCP socket whose
                 // ownership moves into the glommio listener here and nowhere else.
-                listeners.push(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) });
+                let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
+                listeners.push((listener, endpoint.tls.clone()));
             }
             Err(e) => {
+                let addr = endpoint.addr;
                 let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
                 return;
             }
@@ -233,7 +262,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
     });
     let accepting: Vec<_> = listeners
         .into_iter()
-        .map(|l| glommio::spawn_local(accept_loop(ctx.clone(), runtime.clone(), l)))
+        .map(|(l, tls)| glommio::spawn_local(accept_loop(ctx.clone(), runtime.clone(), l, tls)))
         .collect();
     let mail_loop = glommio::spawn_local(mail_loop(ctx.clone()));
     let ticker = glommio::spawn_local(tick_loop(ctx.clone()));
@@ -315,7 +344,12 @@ struct Runtime {
     epoch: u32,
 }
 
-async fn accept_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>, listener: TcpListener) {
+async fn accept_loop(
+    ctx: Rc<ShardContext>,
+    runtime: Rc<Runtime>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -340,9 +374,9 @@ async fn accept_loop(ctx: Rc<ShardContext>, runtime: Rc<Runtime>, listener: TcpL
         let id = ConnectionId { epoch: runtime.epoch, shard: ctx.shard.borrow().id(), local };
         let conn = Connection::new(id);
         runtime.live.borrow_mut().insert(local, conn.clone());
-        let (ctx, runtime) = (ctx.clone(), runtime.clone());
+        let (ctx, runtime, tls) = (ctx.clone(), runtime.clone(), tls.clone());
         glommio::spawn_local(async move {
-            serve(ctx, stream, conn).await;
+            serve(ctx, stream, conn, tls).await;
             runtime.live.borrow_mut().remove(&local);
         })
         .detach();
@@ -444,7 +478,9 @@ fn spawn_signal_thread(mail: Mailboxes, config: Config) -> Result<(), String> {
                             mail.send_blocking(ShardId(s as u16), Mail::Keys(keys.clone()));
                         }
                     }
-                    Err(e) => tracing::warn!("SIGHUP: keys not reloaded, keeping the old ones: {e}"),
+                    Err(e) => {
+                        tracing::warn!("SIGHUP: keys not reloaded, keeping the old ones: {e}")
+                    }
                 }
             }
         })

@@ -19,12 +19,14 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use super::tls::{self, Tls};
 use super::Connection;
 use crate::auth::{Keys, Role};
 use crate::protocol::handshake::{self, Upgrade};
@@ -66,6 +68,8 @@ pub struct ShardContext {
     pub keys: RefCell<Keys>,
     pub settings: ConnectionSettings,
     pub scratch: RefCell<Vec<u8>>,
+    /// Ciphertext of TLS connections, one record at a time, before decryption.
+    pub cipher: RefCell<Vec<u8>>,
     /// The shard's main task, waiting for `Shutdown`.
     pub shutdown_waker: Cell<Option<Waker>>,
     pub io: IoCounters,
@@ -135,13 +139,35 @@ enum Phase {
 }
 
 /// Serves one accepted connection until it is gone.
-pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, conn: Rc<Connection>) {
+/// Serves one accepted connection until it is gone; `tls` for a `--tls-listen` address.
+pub async fn serve(
+    ctx: Rc<ShardContext>,
+    stream: TcpStream,
+    conn: Rc<Connection>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     conn.peer.set(stream.peer_addr().ok());
     let _ = stream.set_nodelay(true);
-    let fd = stream.as_raw_fd();
-    conn.fd.set(Some(fd));
+    let tls = match tls.map(|config| Tls::new(&config)).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::warn!(cid = %conn.id, "TLS session set-up failed: {e}");
+            return;
+        }
+    };
     let stream = Rc::new(RefCell::new(stream));
-    let writer = glommio::spawn_local(write_loop(conn.clone(), stream.clone(), fd));
+    let writer = match &tls {
+        Some(tls) => {
+            glommio::spawn_local(tls::write_loop(conn.clone(), stream.clone(), tls.clone()))
+        }
+        None => {
+            // Only plain sockets take the inline flush of a full queue: TLS bytes must go
+            // through the session.
+            let fd = stream.borrow().as_raw_fd();
+            conn.fd.set(Some(fd));
+            glommio::spawn_local(write_loop(conn.clone(), stream.clone(), fd))
+        }
+    };
     let mut reader = Reader {
         ctx: ctx.clone(),
         conn: conn.clone(),
@@ -150,6 +176,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, conn: Rc<Connection
         decoder: Decoder::new(ctx.settings.message_bytes_max),
         pending: Carry::default(),
         deferred: None,
+        tls,
     };
     reader.run().await;
     conn.fd.set(None);
@@ -174,6 +201,7 @@ struct Reader {
     pending: Carry,
     /// The unhandled rest of a WebSocket message whose handling paused.
     deferred: Option<(Vec<u8>, bool)>,
+    tls: Option<Rc<Tls>>,
 }
 
 /// What one read gave.
@@ -286,6 +314,8 @@ impl Reader {
         let stream = &self.stream;
         let scratch = &self.ctx.scratch;
         let pending = &mut self.pending;
+        let tls = self.tls.as_deref();
+        let cipher = &self.ctx.cipher;
         let watch_close = self.phase != Phase::Closing;
         let read = poll_fn(|cx| {
             if watch_close && conn.is_closing() {
@@ -293,7 +323,10 @@ impl Reader {
             }
             let mut scratch = scratch.borrow_mut();
             let buf = if pending.is_empty() { &mut scratch[..] } else { pending.spare() };
-            let polled = Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf);
+            let polled = match tls {
+                Some(tls) => tls.poll_read(cx, stream, &mut cipher.borrow_mut(), buf, conn),
+                None => Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf),
+            };
             match polled {
                 Poll::Ready(r) => Poll::Ready(r.map(Some)),
                 Poll::Pending => {

@@ -10,6 +10,7 @@
 
 pub mod io;
 pub mod outbound;
+pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
