@@ -365,7 +365,9 @@ impl Shard {
 
     fn publish(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
         let owner = self.placement.owner(msg.target);
-        let remote = owner != self.id() || self.interest.shards(msg.target) != 0;
+        // Only the owner knows the interested shards; with one shard there are none.
+        let remote = owner != self.id()
+            || (self.config.shards > 1 && self.interest.shards(msg.target) != 0);
         if !remote && self.subscriptions.get(msg.target).is_empty() {
             return; // nobody anywhere subscribes
         }

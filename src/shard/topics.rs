@@ -44,6 +44,9 @@ impl Placement {
     }
 
     pub fn owner(&self, topic: &[u8]) -> ShardId {
+        if self.shards == 1 {
+            return ShardId(0);
+        }
         if let Some(cid) = topic.strip_prefix(b"MSG:").and_then(ConnectionId::parse) {
             if cid.shard.index() < self.shards {
                 return cid.shard;
