@@ -134,6 +134,12 @@ pub struct Config {
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
 
+    /// How long an idle shard spins before it parks (0: park at once). Spinning cuts the
+    /// wake-up latency of a parked shard (tens of microseconds on a VM) at the price of CPU
+    /// time; use it on CPUs dedicated to the broker.
+    #[arg(long = "spin-before-park", value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub spin_before_park: Duration,
+
     /// Print the effective configuration (keys masked) and exit.
     #[arg(long = "print-config")]
     pub print_config: bool,
@@ -245,6 +251,14 @@ impl Config {
             ("max-subscriptions-per-connection", self.subscriptions_max.to_string()),
             ("max-pending-requests", self.pending_requests_max.to_string()),
             ("admin-listen", admin),
+            (
+                "spin-before-park",
+                if self.spin_before_park.is_zero() {
+                    "off".into()
+                } else {
+                    format!("{:?}", self.spin_before_park)
+                },
+            ),
             ("log-level", self.log_level.to_string().to_lowercase()),
             ("log-format", format!("{:?}", self.log_format).to_lowercase()),
         ] {

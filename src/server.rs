@@ -133,8 +133,11 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         }
     };
-    let pool = LocalExecutorPoolBuilder::new(placement)
-        .io_memory(IO_MEMORY)
+    let mut builder = LocalExecutorPoolBuilder::new(placement).io_memory(IO_MEMORY);
+    if !config.spin_before_park.is_zero() {
+        builder = builder.spin_before_park(config.spin_before_park);
+    }
+    let pool = builder
         .on_all_shards(start)
         .map_err(|e| format!("cannot start {shards} shard executors: {e}"))?;
 

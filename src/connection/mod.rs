@@ -128,10 +128,6 @@ impl Connection {
         self.peer.get().map_or_else(|| "unknown peer".to_owned(), |p| p.to_string())
     }
 
-    pub fn role(&self) -> Option<Role> {
-        self.role.get()
-    }
-
     pub fn is_service(&self) -> bool {
         self.role.get() == Some(Role::Service)
     }
@@ -147,10 +143,6 @@ impl Connection {
 
     pub fn is_closing(&self) -> bool {
         self.closing.get().is_some()
-    }
-
-    pub fn close_code(&self) -> Option<CloseCode> {
-        self.closing.get()
     }
 
     /// Unsent bytes in the outbound queue.

@@ -163,20 +163,8 @@ impl Shard {
         self.config.id
     }
 
-    pub fn config(&self) -> &ShardConfig {
-        &self.config
-    }
-
     pub fn set_now(&mut self, now: Instant) {
         self.now = now;
-    }
-
-    pub fn connections(&self) -> impl Iterator<Item = &Rc<Connection>> {
-        self.connections.values()
-    }
-
-    pub fn connection_count(&self) -> usize {
-        self.connections.len()
     }
 
     /// Counters and sizes for the metrics endpoint.
@@ -194,10 +182,6 @@ impl Shard {
             snapshot.bytes_out += conn.bytes_out.get();
         }
         snapshot
-    }
-
-    pub fn topic_count(&self) -> usize {
-        self.subscriptions.topics()
     }
 
     // ---------------------------------------------------------------------------------------

@@ -117,9 +117,6 @@ impl Pools {
         self.routes.get(&rid).map(|(_, r)| *r)
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.routes.len()
-    }
 }
 
 #[cfg(test)]
