@@ -213,44 +213,30 @@ impl Shard {
         }
         let registrations = std::mem::take(&mut *conn.responder_for.borrow_mut());
         // Only responders are assigned requests, and only requesters have pending ones: the
-        // scans below run for connections that have some.
-        let lost: Vec<RequestId> = if registrations.is_empty() {
+        // tables are scanned for connections that have some.
+        let local = conn.id.local;
+        let lost: Vec<_> = if registrations.is_empty() {
             Vec::new()
         } else {
-            self.assigned
-                .iter()
-                .filter(|(_, a)| a.responder == conn.id.local)
-                .map(|(rid, _)| *rid)
-                .collect()
+            self.assigned.extract_if(|_, a| a.responder == local).collect()
         };
-        for rid in lost {
-            if let Some(a) = self.assigned.remove(&rid) {
-                self.send(a.owner, Mail::Done { rid });
-                if !a.abandoned {
-                    self.send(
-                        a.requester.shard,
-                        Mail::Failed { rid, code: ErrorCode::ResponderLost },
-                    );
-                }
+        for (rid, a) in lost {
+            self.send(a.owner, Mail::Done { rid });
+            if !a.abandoned {
+                self.send(a.requester.shard, Mail::Failed { rid, code: ErrorCode::ResponderLost });
             }
         }
         for topic in registrations {
             let owner = self.placement.owner(&topic);
             self.send(owner, Mail::Unregister { topic, responder: conn.id });
         }
-        let mine: Vec<RequestId> = if conn.pending_requests.get() == 0 {
+        let mine: Vec<_> = if conn.pending_requests.get() == 0 {
             Vec::new()
         } else {
-            self.pending
-                .iter()
-                .filter(|(_, p)| p.conn == conn.id.local)
-                .map(|(rid, _)| *rid)
-                .collect()
+            self.pending.extract_if(|_, p| p.conn == local).collect()
         };
-        for rid in mine {
-            if let Some(p) = self.pending.remove(&rid) {
-                self.send(p.owner, Mail::Forget { rid, timed_out: false });
-            }
+        for (rid, p) in mine {
+            self.send(p.owner, Mail::Forget { rid, timed_out: false });
         }
     }
 
@@ -350,8 +336,8 @@ impl Shard {
     fn publish(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
         let owner = self.placement.owner(msg.target);
         // Only the owner knows the interested shards; with one shard there are none.
-        let remote = owner != self.id()
-            || (self.config.shards > 1 && self.interest.shards(msg.target) != 0);
+        let remote =
+            owner != self.id() || (self.config.shards > 1 && self.interest.shards(msg.target) != 0);
         if !remote && self.subscriptions.get(msg.target).is_empty() {
             return; // nobody anywhere subscribes
         }

@@ -116,7 +116,6 @@ impl Pools {
     pub fn route_of(&self, rid: RequestId) -> Option<ConnectionId> {
         self.routes.get(&rid).map(|(_, r)| *r)
     }
-
 }
 
 #[cfg(test)]
