@@ -1,13 +1,16 @@
 //! A connection's socket I/O on its shard: one reader task and one writer task.
 //!
 //! The reader takes the upgrade request, the key, then WebSocket frames, and hands complete
-//! messages to the shard. It reads into the shard's 64 KiB scratch buffer and keeps only an
-//! unfinished frame in the connection's own buffer, so an idle connection holds no read
-//! buffer at all.
+//! messages to the shard. It reads into the shard's 64 KiB scratch buffer; only when a frame
+//! is unfinished does the connection get a buffer of its own (the rest of the frame is read
+//! straight behind it), and it gives the buffer back when the peer pauses, so an idle
+//! connection holds no read buffer at all.
 //!
-//! The writer drains the connection's outbound queue with vectored `sendmsg` calls on the raw
-//! socket (glommio has no vectored write). Only when the socket is full does it go through
-//! glommio, writing part of the head frame, which is also how it waits for writability.
+//! The writer drains the connection's outbound queue with `sendmsg` on the raw socket (small
+//! frames gathered into one buffer, large ones sent in place; glommio has no vectored write).
+//! Only when the socket is full does it go through glommio, writing part of the head frame,
+//! which is also how it waits for writability. TLS connections read and write through
+//! [`super::tls`] instead.
 //!
 //! Closing: whoever decides to close queues a close frame ([`Connection::close`]). The writer
 //! sends everything up to it, then shuts down its side; the reader discards input until the
