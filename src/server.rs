@@ -533,13 +533,19 @@ fn probe_io_uring() -> Result<(), String> {
         Ok(Err(e)) => e.to_string(),
         Err(_) => "the io_uring set-up panicked".to_owned(),
     };
+    if why.contains("MemLockLimit") {
+        return Err(format!(
+            "cannot set up io_uring: the locked-memory limit is too low ({why}). Raise it to at \
+             least 1024 KiB: `ulimit -l 1024` in the shell, LimitMEMLOCK=16M in a systemd \
+             unit, or memlock in /etc/security/limits.conf"
+        ));
+    }
     Err(format!(
         "cannot set up io_uring ({why}). middleman needs Linux 5.8+ with io_uring enabled: \
          check `sysctl kernel.io_uring_disabled` (must be 0), that a container's seccomp \
          profile allows io_uring_setup/io_uring_enter/io_uring_register (Docker: \
          --security-opt seccomp=<profile allowing them>), and that the memlock limit \
-         (`ulimit -l`) is at least 1024 KiB (raise it in limits.conf or LimitMEMLOCK= in the \
-         systemd unit)"
+         (`ulimit -l`) is at least 1024 KiB"
     ))
 }
 

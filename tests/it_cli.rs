@@ -132,3 +132,32 @@ fn json_logs_name_the_connection_and_never_a_key() {
         "{log}"
     );
 }
+
+/// Without CAP_IPC_LOCK and with a 64 KiB memlock limit, io_uring cannot register its memory:
+/// the broker must say so and how to fix it, not panic. Needs `prlimit` and `setpriv`
+/// (util-linux) and root, to drop the capability; CI runs as root.
+#[test]
+fn io_uring_that_cannot_start_is_explained() {
+    let available =
+        |tool: &str| Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success());
+    assert!(
+        available("prlimit") && available("setpriv"),
+        "util-linux's prlimit and setpriv are needed"
+    );
+    let out = Command::new("prlimit")
+        .args([
+            "--memlock=65536:65536",
+            "setpriv",
+            "--bounding-set=-ipc_lock",
+            "--inh-caps=-ipc_lock",
+        ])
+        .arg(env!("CARGO_BIN_EXE_middleman"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot set up io_uring: the locked-memory limit is too low"), "{err}");
+    assert!(err.contains("ulimit -l"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
