@@ -32,7 +32,7 @@ fn publish_sequence(publisher: &mut Client, topic: &str, tag: &str) {
             .collect();
         publisher.queue_text(&batch);
         seq += 10;
-        if seq % 100 == 0 {
+        if seq.is_multiple_of(100) {
             publisher.flush();
         }
     }

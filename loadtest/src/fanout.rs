@@ -437,7 +437,7 @@ impl FanoutWorker {
                                 break;
                             }
                         }
-                        if n % STAMP_EVERY == 0 {
+                        if n.is_multiple_of(STAMP_EVERY) {
                             stamp = self.clock.now();
                         }
                         n += 1;
@@ -674,7 +674,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
     if args.publishers as u64 > body::PUBLISHER_MAX + 1 {
         return Err(format!("at most {} publishers", body::PUBLISHER_MAX + 1));
     }
-    let target = crate::cli::parse_url(&common.url)?;
+    let target = crate::cli::target(common)?;
     let plan =
         Plan { publishers: args.publishers, subscribers: args.subscribers, topics: args.topics };
     let threads = common.threads.max(1);
@@ -867,6 +867,8 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
         scenario: "fanout",
         protocol: common.protocol,
         url: common.url.clone(),
+        tls: target.tls.is_some(),
+        tls_session: shared.tls_session.get().cloned(),
         parameters: report::parameters(common, args),
         results,
         generator: GeneratorUse {
