@@ -273,18 +273,17 @@ impl Shard {
     }
 
     fn handle_sub(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
-        if conn.topics.borrow().len() >= self.config.subscriptions_max
-            && !conn.topics.borrow().iter().any(|t| **t == *topic)
-        {
+        if conn.topics.borrow().iter().any(|t| **t == *topic) {
+            return; // SUB is idempotent
+        }
+        if conn.topics.borrow().len() >= self.config.subscriptions_max {
             return self.limit(conn, "subscriptions", b"SUB", topic, None);
         }
         self.subscribe(conn, topic);
     }
 
+    /// Subscribes `conn`, which is not subscribed to `topic` yet.
     fn subscribe(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
-        if conn.topics.borrow().iter().any(|t| **t == *topic) {
-            return; // SUB is idempotent
-        }
         let (name, first) = self.subscriptions.add(topic, conn);
         if first {
             self.tell_owner_interest(name.clone(), true, Some(conn));
