@@ -1,11 +1,13 @@
 //! Command-line arguments and the small value parsers behind them (durations, sizes, rates,
-//! CPU lists, `ws://` URLs).
+//! CPU lists, `ws://` and `wss://` URLs).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+
+use crate::tls::ClientTls;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,9 +27,16 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct Common {
-    /// WebSocket URL of the broker (ws:// only).
+    /// WebSocket URL of the broker: ws://, or wss:// for TLS (needs --tls-ca).
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8765/")]
     pub url: String,
+    /// wss://: PEM certificate(s) to trust, e.g. the broker's self-signed certificate.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// wss://: the name the broker's certificate must carry (default: the URL's host; an IP
+    /// address is checked as an IP address).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// Service (trusted) API key: used by publishers, subscribers, requesters and responders.
     #[arg(long, global = true, default_value = "xyzzy")]
     pub service_key: String,
@@ -269,28 +278,63 @@ pub struct Target {
     pub addr: SocketAddr,
     /// `host:port` as written, for the Host header.
     pub host: String,
+    /// The host without the port (IPv6 addresses keep their brackets): the default TLS server
+    /// name.
+    pub hostname: String,
     pub path: String,
+    /// The URL is `wss://`.
+    pub secure: bool,
+    /// Set for `wss://` by [`target`] (not by [`parse_url`], which reads no files).
+    pub tls: Option<ClientTls>,
 }
 
+/// Parses a `ws://` or `wss://` URL (default ports 80 and 443) and resolves its host.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
+    let (secure, rest) = if let Some(rest) = url.strip_prefix("ws://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        (true, rest)
+    } else {
+        return Err(format!("`{url}`: only ws:// and wss:// URLs are supported"));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let host = if authority.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
+    if authority.is_empty() {
+        return Err(format!("`{url}`: no host"));
+    }
+    let (host, hostname) = match authority.rsplit_once(':') {
+        Some((name, port)) if !port.contains(']') => (authority.to_string(), name.to_string()),
+        _ => {
+            let port = if secure { 443 } else { 80 };
+            (format!("{authority}:{port}"), authority.to_string())
+        }
     };
     let addr = host
         .to_socket_addrs()
         .map_err(|e| format!("`{url}`: {e}"))?
         .next()
         .ok_or_else(|| format!("`{url}`: host has no address"))?;
-    Ok(Target { addr, host, path: path.to_string() })
+    Ok(Target { addr, host, hostname, path: path.to_string(), secure, tls: None })
+}
+
+/// The run's target from `--url`, with the TLS configuration for `wss://` (`--tls-ca`,
+/// `--tls-server-name`).
+pub fn target(common: &Common) -> Result<Target, String> {
+    let mut target = parse_url(&common.url)?;
+    if !target.secure {
+        if common.tls_ca.is_some() || common.tls_server_name.is_some() {
+            return Err("--tls-ca and --tls-server-name need a wss:// URL".into());
+        }
+        return Ok(target);
+    }
+    let ca = common.tls_ca.as_ref().ok_or_else(|| {
+        format!("`{}`: wss:// needs --tls-ca FILE (the PEM certificate(s) to trust)", common.url)
+    })?;
+    let name = common.tls_server_name.as_deref().unwrap_or(&target.hostname);
+    target.tls = Some(ClientTls::new(ca, name)?);
+    Ok(target)
 }
 
 #[cfg(test)]
@@ -352,8 +396,44 @@ mod tests {
         assert_eq!(t.path, "/x/y");
         let t = parse_url("ws://127.0.0.1").unwrap();
         assert_eq!(t.addr.port(), 80);
-        assert!(parse_url("wss://127.0.0.1/").is_err());
+        assert!(!t.secure);
+        assert_eq!(t.hostname, "127.0.0.1");
         assert!(parse_url("http://127.0.0.1/").is_err());
+        assert!(parse_url("ws:///").is_err());
+    }
+
+    #[test]
+    fn wss_urls() {
+        let t = parse_url("wss://127.0.0.1").unwrap();
+        assert!(t.secure);
+        assert_eq!(t.addr, "127.0.0.1:443".parse().unwrap());
+        assert_eq!((t.host.as_str(), t.hostname.as_str()), ("127.0.0.1:443", "127.0.0.1"));
+        assert_eq!(t.path, "/");
+        assert_eq!(t.tls, None, "parse_url reads no certificates");
+        let t = parse_url("wss://127.0.0.1:8443/ws").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!((t.host.as_str(), t.hostname.as_str()), ("127.0.0.1:8443", "127.0.0.1"));
+        assert_eq!(t.path, "/ws");
+        let t = parse_url("wss://[::1]/").unwrap();
+        assert_eq!(t.addr, "[::1]:443".parse().unwrap());
+        assert_eq!(t.hostname, "[::1]");
+        assert!(parse_url("wss:/127.0.0.1/").is_err());
+    }
+
+    #[test]
+    fn wss_needs_a_ca_and_ws_refuses_tls_options() {
+        let common = |args: &[&str]| {
+            let mut all = vec!["middleman-loadtest"];
+            all.extend(args);
+            all.push("reqres");
+            Cli::try_parse_from(all).unwrap().common
+        };
+        let err = target(&common(&["--url", "wss://127.0.0.1:9/"])).unwrap_err();
+        assert!(err.contains("--tls-ca"), "{err}");
+        let err =
+            target(&common(&["--url", "ws://127.0.0.1:9/", "--tls-ca", "x.pem"])).unwrap_err();
+        assert!(err.contains("wss://"), "{err}");
+        assert!(target(&common(&["--url", "ws://127.0.0.1:9/"])).unwrap().tls.is_none());
     }
 
     #[test]

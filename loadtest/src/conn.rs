@@ -7,11 +7,17 @@
 //! no read buffers. Everything parsed is handed to the scenario as a borrowed [`Event`]; what
 //! the scenario sends is appended to the connection's [`Sender`] and written later in one
 //! `write()` per connection per loop turn.
+//!
+//! With TLS (`wss://`) a rustls session sits between the socket and the rest: ciphertext is read
+//! into the worker's second scratch buffer, decrypted, and the plaintext lands in the first one
+//! exactly where a plain read would have put it; the Sender's bytes are handed to rustls and
+//! its records written with one vectored `write()`. The WebSocket and protocol code is the same.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use mio::net::TcpStream;
+use rustls::ClientConnection;
 
 use crate::cli::{Protocol, Target};
 use crate::mm;
@@ -24,6 +30,9 @@ pub const READ_BYTES: usize = 64 * 1024;
 pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Sent to oneself (via `MSG:<cid>`) to learn that everything sent before it has been handled.
 const BARRIER_BODY: &[u8] = b"~barrier";
+/// TLS: room kept free in the scratch buffer for each drain of decrypted bytes (rustls holds
+/// about 16 KiB of plaintext, plus at most one record).
+const PLAINTEXT_ROOM: usize = 64 * 1024;
 
 /// In order: a later stage never goes back to an earlier one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -293,6 +302,35 @@ impl Sender {
     }
 }
 
+/// Feeds `cipher` to `tls` and appends the plaintext to `scratch` from `filled` on (growing
+/// it as needed). Returns where the plaintext ends, and whether the server's close_notify came.
+fn decrypt(
+    tls: &mut ClientConnection,
+    mut cipher: &[u8],
+    scratch: &mut Vec<u8>,
+    mut filled: usize,
+) -> Result<(usize, bool), CloseReason> {
+    while !cipher.is_empty() {
+        // Ok(0): rustls takes nothing after the server's close_notify (seen below).
+        if tls.read_tls(&mut cipher).map_err(|e| CloseReason::Io(e.kind()))? == 0 {
+            return Ok((filled, true));
+        }
+        tls.process_new_packets().map_err(|e| CloseReason::Protocol(format!("TLS: {e}")))?;
+        loop {
+            if scratch.len() < filled + PLAINTEXT_ROOM {
+                scratch.resize(filled + PLAINTEXT_ROOM, 0);
+            }
+            match tls.reader().read(&mut scratch[filled..]) {
+                Ok(0) => return Ok((filled, true)),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(CloseReason::Io(e.kind())),
+            }
+        }
+    }
+    Ok((filled, false))
+}
+
 fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
@@ -323,6 +361,8 @@ pub struct Conn {
     pub close_reason: Option<CloseReason>,
     /// Counted among the worker's connections in handshake.
     pub in_handshake: bool,
+    /// The TLS session of a `wss://` connection.
+    tls: Option<Box<ClientConnection>>,
 }
 
 /// Opens a non-blocking TCP connection, optionally from a chosen local address.
@@ -385,6 +425,33 @@ impl Conn {
             tx,
             close_reason: None,
             in_handshake: true,
+            tls: None,
+        }
+    }
+
+    /// Runs the connection over TLS with `session` (before anything is written).
+    pub fn use_tls(&mut self, session: ClientConnection) {
+        self.tls = Some(Box::new(session));
+    }
+
+    /// The negotiated TLS version and cipher suite, once the TLS handshake is done.
+    pub fn tls_description(&self) -> Option<String> {
+        self.tls.as_deref().and_then(crate::tls::describe)
+    }
+
+    /// Whether anything waits to be written: the Sender's bytes, or TLS records (handshake
+    /// messages, alerts) that rustls has ready.
+    pub fn wants_flush(&self) -> bool {
+        self.tx.pending() > 0 || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Ends a ready connection politely: a close frame, and TLS's close_notify after it.
+    pub fn goodbye(&mut self) {
+        self.tx.close();
+        self.flush();
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.send_close_notify();
+            self.flush();
         }
     }
 
@@ -418,6 +485,9 @@ impl Conn {
 
     /// Writes as much pending output as the socket takes. Returns true when all is written.
     pub fn flush(&mut self) -> bool {
+        if self.tls.is_some() {
+            return self.flush_tls();
+        }
         while self.tx.written < self.tx.out.len() {
             match self.sock.write(&self.tx.out[self.tx.written..]) {
                 Ok(0) => {
@@ -436,6 +506,48 @@ impl Conn {
                 }
             }
         }
+        self.compact_out()
+    }
+
+    /// TLS: hands the Sender's bytes to rustls (as much as its buffer takes) and writes its
+    /// records to the socket, until both are empty or the socket is full.
+    fn flush_tls(&mut self) -> bool {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return true;
+        };
+        let outcome = 'writing: loop {
+            while self.tx.written < self.tx.out.len() {
+                match tls.writer().write(&self.tx.out[self.tx.written..]) {
+                    Ok(0) => break, // rustls's buffer is full until records are written
+                    Ok(n) => self.tx.written += n,
+                    Err(e) => break 'writing Err(CloseReason::Io(e.kind())),
+                }
+            }
+            if !tls.wants_write() {
+                break Ok(());
+            }
+            match tls.write_tls(&mut self.sock) {
+                Ok(0) => break Err(CloseReason::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.tx.write_blocked = true;
+                    break Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(CloseReason::Io(e.kind())),
+            }
+        };
+        let records_left = tls.wants_write();
+        if let Err(reason) = outcome {
+            self.fail(reason);
+            return true;
+        }
+        self.compact_out() && !records_left
+    }
+
+    /// After a write: clears the Sender's buffer if all of it went, else keeps the unwritten
+    /// tail. Returns true when all went.
+    fn compact_out(&mut self) -> bool {
         if self.tx.written == self.tx.out.len() {
             self.tx.out.clear();
             self.tx.written = 0;
@@ -451,13 +563,18 @@ impl Conn {
     }
 
     /// Reads until the socket is drained, handing every event to `handle`. `now` is read once
-    /// per read() call: every message in those bytes was available at that instant.
+    /// per read() call: every message in those bytes was available at that instant. `cipher`
+    /// is the worker's buffer for TLS ciphertext (unused, and left empty, without TLS).
     pub fn on_readable(
         &mut self,
         scratch: &mut Vec<u8>,
+        cipher: &mut Vec<u8>,
         clock: &crate::sys::Clock,
         handle: &mut dyn FnMut(&mut Sender, Event<'_>, u64),
     ) {
+        if self.tls.is_some() {
+            return self.on_readable_tls(scratch, cipher, clock, handle);
+        }
         loop {
             if self.stage == Stage::Closed || self.stage == Stage::Connecting {
                 return;
@@ -481,19 +598,88 @@ impl Conn {
                     return;
                 }
             };
-            scratch[..carried].copy_from_slice(&self.leftover);
-            self.leftover.clear();
             let now = clock.now();
-            let filled = carried + n;
-            let used = self.process(&mut scratch[..filled], now, handle);
-            if self.stage != Stage::Closed {
-                self.leftover.extend_from_slice(&scratch[used..filled]);
-            }
+            self.consume(scratch, carried + n, now, handle);
             // A short read means the socket was empty; with edge-triggered epoll, data that
             // arrives later raises a new event, so no extra read() to see EAGAIN is needed.
             if n < READ_BYTES {
                 return;
             }
+        }
+    }
+
+    /// TLS: reads ciphertext into `cipher`, decrypts it into `scratch` after the carried-over
+    /// bytes, and parses the result as the plain path does.
+    fn on_readable_tls(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        cipher: &mut Vec<u8>,
+        clock: &crate::sys::Clock,
+        handle: &mut dyn FnMut(&mut Sender, Event<'_>, u64),
+    ) {
+        if cipher.len() < READ_BYTES {
+            cipher.resize(READ_BYTES, 0);
+        }
+        loop {
+            if self.stage == Stage::Closed || self.stage == Stage::Connecting {
+                return;
+            }
+            let n = match self.sock.read(&mut cipher[..READ_BYTES]) {
+                Ok(0) => {
+                    self.fail(CloseReason::Eof);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.fail(CloseReason::Io(e.kind()));
+                    return;
+                }
+            };
+            let now = clock.now();
+            let carried = self.leftover.len();
+            let Some(tls) = self.tls.as_deref_mut() else {
+                return;
+            };
+            let decrypted = decrypt(tls, &cipher[..n], scratch, carried);
+            let (filled, close_notify) = match decrypted {
+                Ok(done) => done,
+                Err(reason) => {
+                    self.fail(reason);
+                    return;
+                }
+            };
+            if filled > carried {
+                self.consume(scratch, filled, now, handle);
+            }
+            if close_notify {
+                // The server ended the TLS session (after its close frame, if it sent one).
+                self.fail(CloseReason::Eof);
+                return;
+            }
+            if n < READ_BYTES {
+                return;
+            }
+        }
+    }
+
+    /// `scratch[carried..filled]` holds new bytes (`carried` being the length of `leftover`):
+    /// puts the carried-over bytes in front, parses everything complete, and keeps the
+    /// incomplete tail for the next read.
+    fn consume(
+        &mut self,
+        scratch: &mut [u8],
+        filled: usize,
+        now: u64,
+        handle: &mut dyn FnMut(&mut Sender, Event<'_>, u64),
+    ) {
+        let carried = self.leftover.len();
+        scratch[..carried].copy_from_slice(&self.leftover);
+        self.leftover.clear();
+        let used = self.process(&mut scratch[..filled], now, handle);
+        if self.stage != Stage::Closed {
+            self.leftover.extend_from_slice(&scratch[used..filled]);
         }
     }
 

@@ -167,7 +167,7 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
     if args.count == 0 {
         return Err("--count must be at least 1".into());
     }
-    let target = crate::cli::parse_url(&common.url)?;
+    let target = crate::cli::target(common)?;
     let loopback = match target.addr.ip() {
         IpAddr::V4(ip) => ip.is_loopback(),
         IpAddr::V6(_) => false,
@@ -270,6 +270,8 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
         scenario: "connections",
         protocol: common.protocol,
         url: common.url.clone(),
+        tls: target.tls.is_some(),
+        tls_session: shared.tls_session.get().cloned(),
         parameters: report::parameters(common, args),
         results,
         generator: GeneratorUse {

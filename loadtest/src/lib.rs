@@ -20,6 +20,7 @@ pub mod run;
 pub mod stats;
 pub mod summary;
 pub mod sys;
+pub mod tls;
 pub mod worker;
 pub mod ws;
 

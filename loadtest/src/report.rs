@@ -15,6 +15,11 @@ pub struct Report<R: Serialize> {
     pub scenario: &'static str,
     pub protocol: Protocol,
     pub url: String,
+    /// The connections used TLS (`wss://`).
+    pub tls: bool,
+    /// The negotiated TLS version and cipher suite (`TLSv1_3 TLS13_AES_256_GCM_SHA384`), from
+    /// the first connection that completed its handshake.
+    pub tls_session: Option<String>,
     pub parameters: serde_json::Value,
     #[serde(flatten)]
     pub results: R,
@@ -65,6 +70,14 @@ impl<R: Serialize + Table> Report<R> {
         let mut rows: Vec<(&str, String)> = vec![
             ("scenario", format!("{} ({:?})", self.scenario, self.protocol).to_lowercase()),
             ("url", self.url.clone()),
+            (
+                "TLS",
+                match (&self.tls, &self.tls_session) {
+                    (false, _) => "no".to_string(),
+                    (true, Some(session)) => format!("yes ({session})"),
+                    (true, None) => "yes (no handshake completed)".to_string(),
+                },
+            ),
             ("parameters", compact_parameters(&self.parameters)),
         ];
         rows.extend(self.results.rows());

@@ -320,7 +320,7 @@ pub fn run(common: &Common, args: &ReqresArgs) -> Result<(), String> {
     if args.requesters == 0 || args.responders == 0 || args.outstanding == 0 {
         return Err("--requesters, --responders and --outstanding must be at least 1".into());
     }
-    let target = crate::cli::parse_url(&common.url)?;
+    let target = crate::cli::target(common)?;
     let threads = common.threads.max(1);
     let shared = Arc::new(Shared::new(Clock::start(), threads));
     let workers = (0..threads)
@@ -437,6 +437,8 @@ pub fn run(common: &Common, args: &ReqresArgs) -> Result<(), String> {
         scenario: "reqres",
         protocol: common.protocol,
         url: common.url.clone(),
+        tls: target.tls.is_some(),
+        tls_session: shared.tls_session.get().cloned(),
         parameters: report::parameters(common, args),
         results,
         generator: GeneratorUse {

@@ -9,7 +9,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -79,6 +79,8 @@ pub struct Shared {
     pub counters: Vec<Counters>,
     /// Set by a worker that hit an error it cannot continue from.
     pub aborted: AtomicBool,
+    /// wss://: the TLS version and cipher suite the first finished handshake negotiated.
+    pub tls_session: OnceLock<String>,
 }
 
 impl Shared {
@@ -91,6 +93,7 @@ impl Shared {
             measure_end: AtomicU64::new(u64::MAX),
             counters: (0..workers).map(|_| Counters::default()).collect(),
             aborted: AtomicBool::new(false),
+            tls_session: OnceLock::new(),
         }
     }
 
@@ -239,6 +242,8 @@ impl<S: Scenario> Worker<S> {
         let counters = &self.shared.counters[self.id];
         let mut conns: Vec<Option<Conn>> = Vec::with_capacity(self.specs.len());
         let mut scratch = vec![0u8; conn::READ_BYTES];
+        // TLS ciphertext; sized on the first TLS read.
+        let mut cipher = Vec::new();
         let mut dirty: Vec<usize> = Vec::new();
         let mut closed: Vec<usize> = Vec::new();
         let mut connecting = 0usize;
@@ -258,6 +263,9 @@ impl<S: Scenario> Worker<S> {
                     Ok(sock) => {
                         let seed = ((self.id as u64) << 40) | i as u64;
                         let mut c = Conn::new(sock, self.protocol, &spec.key, seed, now);
+                        if let Some(tls) = &self.target.tls {
+                            c.use_tls(tls.session().map_err(io::Error::other)?);
+                        }
                         poll.registry().register(
                             &mut c.sock,
                             Token(i),
@@ -310,17 +318,22 @@ impl<S: Scenario> Worker<S> {
                 }
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     let scenario = &mut self.scenario;
-                    c.on_readable(&mut scratch, &clock, &mut |tx, ev, at| {
+                    c.on_readable(&mut scratch, &mut cipher, &clock, &mut |tx, ev, at| {
                         scenario.on_event(i, tx, ev, at)
                     });
                 }
-                if c.tx.pending() > 0 && !c.tx.queued {
+                if c.wants_flush() && !c.tx.queued {
                     c.tx.queued = true;
                     dirty.push(i);
                 }
                 if c.in_handshake && c.stage >= Stage::Ready {
                     c.in_handshake = false;
                     connecting -= 1;
+                    if c.stage == Stage::Ready && self.shared.tls_session.get().is_none() {
+                        if let Some(session) = c.tls_description() {
+                            let _ = self.shared.tls_session.set(session);
+                        }
+                    }
                 }
                 if !c.is_open() {
                     closed.push(i);
@@ -345,8 +358,7 @@ impl<S: Scenario> Worker<S> {
         // Say goodbye politely; the broker should not log these as errors.
         for c in conns.iter_mut().flatten() {
             if c.stage == Stage::Ready {
-                c.tx.close();
-                c.flush();
+                c.goodbye();
             }
         }
         Ok(self.scenario)

@@ -58,18 +58,25 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
 /// A connection's TLS session.
 pub struct Tls {
     session: RefCell<ServerConnection>,
+    /// Ciphertext read from the socket that rustls has not taken yet (usually empty).
+    unread: RefCell<Vec<u8>>,
 }
 
 impl Tls {
     pub fn new(config: &Arc<ServerConfig>) -> Result<Rc<Self>, rustls::Error> {
         let mut session = ServerConnection::new(config.clone())?;
         session.set_buffer_limit(Some(CIPHER_BATCH_BYTES));
-        Ok(Rc::new(Self { session: RefCell::new(session) }))
+        Ok(Rc::new(Self { session: RefCell::new(session), unread: RefCell::new(Vec::new()) }))
     }
 
-    /// Plaintext into `buf`: what rustls already decrypted, or else one read of ciphertext
-    /// from the socket (into `cipher`), decrypted. `Ok(0)` is the end of the stream. Wakes
-    /// the writer when the handshake has something to send.
+    /// Plaintext into `buf`: what rustls already decrypted, or else ciphertext fed to rustls
+    /// (left over from an earlier read, or one read from the socket into `cipher`) and
+    /// decrypted. `Ok(0)` is the end of the stream. Wakes the writer when the handshake has
+    /// something to send.
+    ///
+    /// rustls refuses ciphertext while decrypted plaintext waits to be taken (its buffer is
+    /// bounded), so ciphertext is fed one `read_tls` at a time, each only after the plaintext
+    /// before it was handed out; what it did not take waits in `unread`.
     pub fn poll_read(
         &self,
         cx: &mut Context<'_>,
@@ -78,8 +85,9 @@ impl Tls {
         buf: &mut [u8],
         conn: &Connection,
     ) -> Poll<io::Result<usize>> {
+        let mut session = self.session.borrow_mut();
+        let mut unread = self.unread.borrow_mut();
         loop {
-            let mut session = self.session.borrow_mut();
             match session.reader().read(buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -87,20 +95,29 @@ impl Tls {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(0)),
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            let n = match Pin::new(&mut *stream.borrow_mut()).poll_read(cx, cipher) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            };
-            let mut fed = &cipher[..n];
-            while !fed.is_empty() {
+            if unread.is_empty() {
+                let n = match Pin::new(&mut *stream.borrow_mut()).poll_read(cx, cipher) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                };
+                let mut fed = &cipher[..n];
                 session.read_tls(&mut fed)?;
-                if let Err(e) = session.process_new_packets() {
-                    // rustls queued an alert for the peer; let the writer send it.
-                    conn.wake_writer();
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                unread.extend_from_slice(fed);
+            } else {
+                let mut fed = &unread[..];
+                session.read_tls(&mut fed)?;
+                let taken = unread.len() - fed.len();
+                unread.drain(..taken);
+                if unread.is_empty() && unread.capacity() > CIPHER_READ_BYTES {
+                    *unread = Vec::new();
                 }
+            }
+            if let Err(e) = session.process_new_packets() {
+                // rustls queued an alert for the peer; let the writer send it.
+                conn.wake_writer();
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
             }
             if session.wants_write() {
                 conn.wake_writer();

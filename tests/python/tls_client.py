@@ -2,7 +2,8 @@
 
 Usage: tls_client.py wss://127.0.0.1:PORT/ ws://127.0.0.1:PORT/ CA_PEM SERVICE_KEY.
 Checks login over TLS, pub/sub across the two transports in both directions, a message of
-several TLS records, and the close handshake; prints OK.
+several TLS records, a burst of small messages (many records per socket read), and the
+close handshake; prints OK.
 """
 import asyncio
 import ssl
@@ -40,6 +41,17 @@ async def main():
             got = await recv(ws)
             assert got.startswith(f"PUB T\r\nCid: {cid}\r\n"), got[:80]
             assert got.endswith(f"hello from {cid}\r\n{big}\r\n.\r\n"), len(got)
+
+    # A burst: many records arrive in one socket read, more plaintext than rustls buffers.
+    burst = 3000
+    payload = "y" * 1000
+    for i in range(burst):
+        await secure.send(f"PUB T\r\nSeq: {i}\r\n\r\n{payload}\r\n.\r\n")
+    for i in range(burst):
+        got = await recv(plain)
+        assert got.startswith(f"PUB T\r\nSeq: {i}\r\n"), (i, got[:60])
+    for i in range(burst):
+        await recv(secure)  # its own copies
 
     await secure.close(code=1000)
     assert secure.close_code == 1000, secure.close_code

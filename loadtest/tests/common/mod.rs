@@ -102,6 +102,70 @@ pub fn start_middleman() -> Broker {
     Broker { child, url: format!("{url}/"), _dir: None }
 }
 
+/// A middleman serving both ws:// and wss:// (a fresh self-signed certificate for 127.0.0.1 on
+/// a free port). `url` is the wss:// one; the returned path is the certificate to trust.
+pub fn start_middleman_tls() -> (Broker, String, PathBuf) {
+    let dir = TempDir::new("lt-tls");
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .expect("generate a self-signed certificate");
+    let cert = dir.0.join("cert.pem");
+    let key = dir.0.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port();
+    let mut child = Command::new(middleman_binary())
+        .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+        .arg("--tls-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .args(["--service-key", "xyzzy", "--client-key", "plugh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start middleman");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.split("listening on ").nth(1) {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let mut plain = None;
+    let mut secure = None;
+    while plain.is_none() || secure.is_none() {
+        let url = rx.recv_timeout(Duration::from_secs(60)).expect("no `listening on` lines");
+        if url.starts_with("wss://") {
+            secure = Some(format!("{url}/"));
+        } else {
+            plain = Some(format!("{url}/"));
+        }
+    }
+    let secure = secure.unwrap_or_default();
+    assert_eq!(secure, format!("wss://127.0.0.1:{port}/"));
+    let broker = Broker { child, url: secure, _dir: Some(dir) };
+    (broker, plain.unwrap_or_default(), cert)
+}
+
+/// Runs the load generator with `args` plus `--json`, expecting it to fail; returns stderr.
+pub fn loadtest_fails(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_middleman-loadtest"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run middleman-loadtest");
+    assert!(!output.status.success(), "middleman-loadtest {args:?} should have failed");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 pub fn nats_server_available() -> bool {
     Command::new("nats-server")
         .arg("--version")
