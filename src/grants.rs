@@ -60,7 +60,6 @@ impl Grants {
             }
         }
     }
-
 }
 
 #[cfg(test)]
