@@ -232,6 +232,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
             auth_timeout: config.auth_timeout,
             close_grace: config.drain_timeout.min(Duration::from_secs(2)),
             limits,
+            pending_bytes_max: config.pending_bytes_max,
             allowed_origins: config.allowed_origins.clone(),
         },
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),

@@ -57,6 +57,9 @@ pub struct ConnectionSettings {
     /// How long a closing connection waits for the peer's close before the socket is shut.
     pub close_grace: Duration,
     pub limits: Limits,
+    /// `--max-pending-bytes`: past it, a connection's own input is not read (see
+    /// `Reader::after_input`).
+    pub pending_bytes_max: usize,
     /// `--allowed-origin`; empty: any origin.
     pub allowed_origins: Vec<String>,
 }
@@ -221,7 +224,7 @@ impl Reader {
         let deadline = Instant::now() + self.ctx.settings.auth_timeout;
         loop {
             if self.phase == Phase::Open && self.paused() {
-                self.wait_for_acks().await;
+                self.wait_until_resumable().await;
                 self.resume();
                 self.after_input().await;
                 continue;
@@ -265,29 +268,35 @@ impl Reader {
         futures_lite::future::yield_now().await;
     }
 
-    /// True while an earlier SUB, EPUB, ESUB or EREQ is not yet in effect on every shard:
-    /// nothing after it is handled until it is, so whatever the broker does next (even a
-    /// reply on another path) happens after it.
+    /// True while the connection may not go on (see [`must_wait`]), or the rest of a
+    /// WebSocket message is set aside.
     fn paused(&self) -> bool {
-        self.deferred.is_some() || self.conn.awaiting_acks.get() > 0
+        self.deferred.is_some() || must_wait(&self.ctx, &self.conn)
     }
 
-    async fn wait_for_acks(&self) {
+    /// Waits until the acknowledgements are in and the backlog is down to half the budget
+    /// (or the connection is closing).
+    async fn wait_until_resumable(&self) {
         let conn = &self.conn;
+        let half = self.ctx.settings.pending_bytes_max / 2;
+        conn.reader_waits_for_drain.set(true);
         poll_fn(|cx| {
-            if conn.awaiting_acks.get() == 0 || conn.is_closing() {
+            let acked = conn.awaiting_acks.get() == 0;
+            let drained = conn.pending_bytes() <= half || conn.writer_done();
+            if (acked && drained) || conn.is_closing() {
                 Poll::Ready(())
             } else {
                 conn.reader.set(Some(cx.waker().clone()));
                 Poll::Pending
             }
         })
-        .await
+        .await;
+        conn.reader_waits_for_drain.set(false);
     }
 
     /// Continues after a pause: the rest of the WebSocket message, then frames already read.
     fn resume(&mut self) {
-        if self.conn.is_closing() || self.conn.awaiting_acks.get() > 0 {
+        if self.conn.is_closing() || must_wait(&self.ctx, &self.conn) {
             return;
         }
         if let Some((payload, binary)) = self.deferred.take() {
@@ -504,9 +513,19 @@ fn authenticate(ctx: &ShardContext, conn: &Rc<Connection>, key: &[u8]) {
     }
 }
 
+/// Whether the broker must stop handling this connection's input for now:
+/// - an earlier SUB, EPUB, ESUB or EREQ is not yet in effect on every shard: nothing after it
+///   is handled until it is, so whatever the broker does next (even a reply on another path)
+///   happens after it;
+/// - its own backlog is over `--max-pending-bytes`: replies (errors, pongs, responses) are
+///   never dropped, so they are bounded here instead; a peer that does not read what it asked
+///   for is not read either (and the keep-alive closes it if it stays silent).
+fn must_wait(ctx: &ShardContext, conn: &Connection) -> bool {
+    conn.awaiting_acks.get() > 0 || conn.pending_bytes() > ctx.settings.pending_bytes_max
+}
+
 /// Handles the protocol messages of one WebSocket message, in order. Returns where it
-/// stopped if a message left the connection waiting for acknowledgements (see
-/// [`Reader::paused`]); the caller resumes from there.
+/// stopped if the connection must wait ([`must_wait`]); the caller resumes from there.
 fn dispatch(
     ctx: &ShardContext,
     conn: &Rc<Connection>,
@@ -524,7 +543,7 @@ fn dispatch(
             Ok((msg, after)) => {
                 shard.handle_message(conn, &msg, binary);
                 rest = after;
-                if conn.awaiting_acks.get() > 0 && !rest.is_empty() {
+                if !rest.is_empty() && must_wait(ctx, conn) {
                     return Some(payload.len() - rest.len());
                 }
             }
@@ -612,7 +631,7 @@ async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, fd: Ra
         loop {
             let sent = conn.out.borrow_mut().send_to(fd);
             if let Ok(n) = sent {
-                conn.bytes_out.set(conn.bytes_out.get() + n as u64);
+                conn.wrote(n);
             }
             match sent {
                 Ok(_) if conn.out.borrow().is_empty() => break,
@@ -630,7 +649,7 @@ async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, fd: Ra
                     match written {
                         Ok(n) => {
                             conn.out.borrow_mut().advance(n);
-                            conn.bytes_out.set(conn.bytes_out.get() + n as u64);
+                            conn.wrote(n);
                         }
                         Err(_) => return conn.writer_failed(),
                     }

@@ -67,6 +67,8 @@ pub struct Connection {
     writer: Cell<Option<Waker>>,
     /// The reader parks here while it waits for the socket; woken when the writer is done.
     reader: Cell<Option<Waker>>,
+    /// The reader waits for the writer to drain this connection's own backlog.
+    reader_waits_for_drain: Cell<bool>,
     /// Set once a close frame has been queued: nothing else is queued after it.
     closing: Cell<Option<CloseCode>>,
     /// Set by the writer when it has sent everything it ever will (or the socket failed).
@@ -77,7 +79,8 @@ pub struct Connection {
     /// Requests this connection made that are not answered yet.
     pub pending_requests: Cell<u32>,
     /// Topics this connection subscribes to, for the per-connection limit and cleanup.
-    pub topics: RefCell<Vec<TopicName>>,
+    /// A set: a connection may hold thousands, and SUB and UNS look them up.
+    pub topics: RefCell<ahash::AHashSet<TopicName>>,
     /// Topics this connection answers REQs for (EREQ).
     pub responder_for: RefCell<Vec<TopicName>>,
     /// Bytes written to the socket.
@@ -112,11 +115,12 @@ impl Connection {
             out: RefCell::new(OutQueue::default()),
             writer: Cell::new(None),
             reader: Cell::new(None),
+            reader_waits_for_drain: Cell::new(false),
             closing: Cell::new(None),
             writer_done: Cell::new(false),
             awaiting_acks: Cell::new(0),
             pending_requests: Cell::new(0),
-            topics: RefCell::new(Vec::new()),
+            topics: RefCell::new(ahash::AHashSet::new()),
             responder_for: RefCell::new(Vec::new()),
             bytes_out: Cell::new(0),
             dropped: Cell::new(0),
@@ -296,6 +300,15 @@ impl Connection {
             out.advance(len);
         }
         frames
+    }
+
+    /// Called by the writer after it sent something: a reader that paused on this
+    /// connection's backlog may go on.
+    fn wrote(&self, n: usize) {
+        self.bytes_out.set(self.bytes_out.get() + n as u64);
+        if self.reader_waits_for_drain.get() {
+            self.wake_reader();
+        }
     }
 
     pub fn writer_done(&self) -> bool {

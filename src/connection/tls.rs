@@ -168,7 +168,7 @@ pub async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, tl
         if write_all(&stream, &cipher).await.is_err() {
             return conn.writer_failed();
         }
-        conn.bytes_out.set(conn.bytes_out.get() + cipher.len() as u64);
+        conn.wrote(cipher.len());
         if cipher.capacity() > 2 * CIPHER_BATCH_BYTES {
             cipher = Vec::new();
         }

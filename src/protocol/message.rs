@@ -183,6 +183,10 @@ pub enum Malformed {
     BadHeaderByte,
     /// A header line whose name (before the `:`, whitespace trimmed) is empty.
     EmptyHeaderName,
+    /// A header name with a byte that is not an RFC 9110 token character. Such a name could
+    /// look like `Cid` or `Uid` to a receiver that trims more than spaces and tabs (vertical
+    /// tab, form feed, Unicode spaces), and so smuggle a spoofed id past the broker.
+    BadHeaderName,
     /// More than [`Limits::headers_max`] headers.
     TooManyHeaders,
     /// The input ends before the blank line that closes the headers.
@@ -203,6 +207,7 @@ impl Malformed {
             Self::HeaderNoColon => "header line without a colon",
             Self::BadHeaderByte => "header contains a control byte",
             Self::EmptyHeaderName => "empty header name",
+            Self::BadHeaderName => "header name is not a token",
             Self::TooManyHeaders => "too many headers",
             Self::NoBlankLine => "no blank line after the headers",
             Self::NoTerminator => "no terminating dot line",
@@ -301,8 +306,16 @@ fn parse_header(line: &[u8]) -> Result<Header<'_>, Malformed> {
     if name.is_empty() {
         return Err(Malformed::EmptyHeaderName);
     }
+    if !name.iter().all(|&b| is_token_byte(b)) {
+        return Err(Malformed::BadHeaderName);
+    }
     let value = trim_wsp(&line[colon + 1..]);
     Ok(Header { line, name, value })
+}
+
+/// RFC 9110 `tchar`: what a header name may be made of.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Removes leading and trailing spaces and tabs (the `WSP` of RFC 5234), nothing else.
@@ -539,6 +552,7 @@ mod tests {
             Malformed::HeaderNoColon,
             Malformed::BadHeaderByte,
             Malformed::EmptyHeaderName,
+            Malformed::BadHeaderName,
             Malformed::TooManyHeaders,
             Malformed::NoBlankLine,
             Malformed::NoTerminator,
@@ -677,6 +691,9 @@ mod tests {
         assert_eq!(err(b"PUB t\nNoColon\n\n.\n"), Malformed::HeaderNoColon);
         assert_eq!(err(b"PUB t\r\nCIDb\rUid:c\r\n\r\n.\r\n"), Malformed::BadHeaderByte);
         assert_eq!(err(b"PUB t\nA: 1\0\n\n.\n"), Malformed::BadHeaderByte);
+        assert_eq!(err(b"PUB t\nCid\x0b: evil\n\n.\n"), Malformed::BadHeaderName);
+        assert_eq!(err("PUB t\n\u{2003}uid: admin\n\n.\n".as_bytes()), Malformed::BadHeaderName);
+        assert_eq!(err(b"PUB t\nX Y: 1\n\n.\n"), Malformed::BadHeaderName);
         assert_eq!(err(b"PUB t\nA: 1\r\nB 2\r\n\r\n.\r\n"), Malformed::HeaderNoColon);
         // A line holding only whitespace is not a blank line.
         assert_eq!(err(b"PUB t\n \n\n.\n"), Malformed::HeaderNoColon);

@@ -273,7 +273,7 @@ impl Shard {
     }
 
     fn handle_sub(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
-        if conn.topics.borrow().iter().any(|t| **t == *topic) {
+        if conn.topics.borrow().contains(topic) {
             return; // SUB is idempotent
         }
         if conn.topics.borrow().len() >= self.config.subscriptions_max {
@@ -288,7 +288,7 @@ impl Shard {
         if first {
             self.tell_owner_interest(name.clone(), true, Some(conn));
         }
-        conn.topics.borrow_mut().push(name);
+        conn.topics.borrow_mut().insert(name);
     }
 
     fn unsubscribe(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
@@ -296,11 +296,7 @@ impl Shard {
         if !removed {
             return;
         }
-        let mut topics = conn.topics.borrow_mut();
-        if let Some(i) = topics.iter().position(|t| **t == *topic) {
-            topics.swap_remove(i);
-        }
-        drop(topics);
+        conn.topics.borrow_mut().remove(topic);
         if let Some(name) = emptied {
             self.tell_owner_interest(name, false, None);
         }
@@ -399,6 +395,10 @@ impl Shard {
 
     fn request(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
         let req_id = msg.header("ReqID");
+        // The ReqID is copied into the RES, which may go out in a text frame.
+        if req_id.is_some_and(|v| std::str::from_utf8(v).is_err()) {
+            return self.malformed(conn, "ReqID must be UTF-8");
+        }
         if conn.pending_requests.get() >= self.config.pending_requests_max {
             return self.limit(conn, "pending requests", b"REQ", msg.target, req_id);
         }
@@ -450,20 +450,35 @@ impl Shard {
     /// At the responder's shard: hand the REQ to its connection.
     fn assign(&mut self, request: Request, responder: ConnectionId, owner: ShardId) {
         let rid = request.rid;
-        let Some(conn) = self.connections.get(&responder.local).cloned() else {
-            self.send(owner, Mail::Done { rid });
-            let to = request.requester.shard;
-            return self.send(to, Mail::Failed { rid, code: ErrorCode::ResponderLost });
-        };
         let Request { requester, frame, req_id, .. } = request;
-        self.assigned.insert(
-            rid,
-            Assigned { requester, responder: responder.local, owner, req_id, abandoned: false },
-        );
+        let lost = |shard: &mut Self| {
+            shard.send(owner, Mail::Done { rid });
+            shard.send(requester.shard, Mail::Failed { rid, code: ErrorCode::ResponderLost });
+        };
+        let Some(conn) = self.connections.get(&responder.local).cloned() else {
+            return lost(self);
+        };
         let frame = Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes });
-        // A REQ is owed to the responder like a reply: it is bounded by the requesters'
-        // pending-request limits, and dropping it would leave a requester waiting.
-        conn.reply(frame);
+        // A responder that cannot keep up is a slow consumer like any other. Whatever the
+        // policy, the requester hears at once instead of waiting for its timeout.
+        match conn.deliver(&frame, self.config.pending_bytes_max, self.config.slow_consumer) {
+            Delivery::Queued => {
+                self.stats.deliveries += 1;
+                let responder = responder.local;
+                let entry = Assigned { requester, responder, owner, req_id, abandoned: false };
+                self.assigned.insert(rid, entry);
+            }
+            Delivery::Dropped => {
+                self.stats.dropped += 1;
+                lost(self);
+            }
+            Delivery::ClosedSlow => {
+                self.stats.slow_consumer_closes += 1;
+                tracing::warn!(cid = %conn.id, peer = %conn.peer_text(), "slow consumer: closed");
+                lost(self);
+            }
+            Delivery::Closing => lost(self),
+        }
     }
 
     fn respond(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
@@ -558,6 +573,10 @@ impl Shard {
         let (Some(forcid), Some(uid)) = (msg.header("forcid"), msg.header("setuid")) else {
             return self.malformed(conn, "INT UID needs forcid and setuid headers");
         };
+        // The Uid goes into every message of that connection, text frames included.
+        if std::str::from_utf8(uid).is_err() {
+            return self.malformed(conn, "setuid must be UTF-8");
+        }
         let target = ConnectionId::parse(forcid).filter(|c| c.shard.index() < self.config.shards);
         let Some(target) = target else {
             return self.error(conn, ErrorCode::NoConnection, b"INT", b"UID", None);

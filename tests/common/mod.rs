@@ -978,3 +978,121 @@ fn decode_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
         at + len,
     ))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Adversarial peers (it_adversarial.rs)
+// ---------------------------------------------------------------------------------------------
+
+impl Server {
+    /// The server process's resident memory in bytes, from `/proc/<pid>/status`.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS line in {status:?}"));
+        kib * 1024
+    }
+}
+
+/// What `RawWs::next_raw` saw.
+#[derive(Debug)]
+pub enum RawEvent {
+    Frame(RawFrame),
+    /// EOF or a reset, with what the socket said.
+    Closed(String),
+    Timeout,
+}
+
+impl RawWs {
+    /// A raw connection logged in with `key` that lives on `shard`; also returns its cid.
+    pub fn connect_on_shard(port: u16, key: &str, shard: u16) -> (RawWs, String) {
+        for _ in 0..32 {
+            let mut raw = RawWs::connect(port);
+            let cid = raw.login(key);
+            let id = middleman::ids::ConnectionId::parse(cid.as_bytes()).expect("a cid");
+            if id.shard.0 == shard {
+                return (raw, cid);
+            }
+        }
+        panic!("no raw connection landed on shard {shard} in 32 tries");
+    }
+
+    /// The socket, for options and shutdown.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Writes `bytes` as they are: frames built by hand, valid or not.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("raw ws write");
+    }
+
+    /// The next frame, the end of the connection, or nothing within `timeout`.
+    pub fn next_raw(&mut self, timeout: Duration) -> RawEvent {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((frame, used)) = decode_frame(&self.buf) {
+                self.buf.drain(..used);
+                return RawEvent::Frame(frame);
+            }
+            if Instant::now() >= deadline {
+                return RawEvent::Timeout;
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return RawEvent::Closed("EOF".into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return RawEvent::Closed(e.to_string()),
+            }
+        }
+    }
+
+    /// Skips data frames up to a close frame and returns its code and reason; panics if the
+    /// connection ends without one or nothing comes within `RECV_TIMEOUT`.
+    pub fn expect_close_frame(&mut self) -> (u16, String) {
+        let deadline = Instant::now() + RECV_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_raw(left) {
+                RawEvent::Frame(f) if f.opcode == 0x8 => {
+                    assert!(f.payload.len() >= 2, "close frame without a code: {f:?}");
+                    let code = u16::from_be_bytes([f.payload[0], f.payload[1]]);
+                    let reason = String::from_utf8_lossy(&f.payload[2..]).into_owned();
+                    return (code, reason);
+                }
+                RawEvent::Frame(_) => {}
+                other => panic!("raw ws: expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// A client frame built by hand: `first` is the FIN, RSV and opcode byte; the length field
+/// announces `len` (the payload's length when `None`), and the payload is masked with `mask`
+/// (sent unmasked, with the mask bit clear, when `None`).
+pub fn client_frame(first: u8, payload: &[u8], len: Option<u64>, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let len = len.unwrap_or(payload.len() as u64);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let mut out = vec![first];
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
