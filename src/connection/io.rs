@@ -206,7 +206,7 @@ struct Reader {
     /// not yet handled because the connection is paused.
     pending: Carry,
     /// The unhandled rest of a WebSocket message whose handling paused.
-    deferred: Option<(Vec<u8>, bool)>,
+    deferred: Option<Deferred>,
     tls: Option<Rc<Tls>>,
 }
 
@@ -299,9 +299,11 @@ impl Reader {
         if self.conn.is_closing() || must_wait(&self.ctx, &self.conn) {
             return;
         }
-        if let Some((payload, binary)) = self.deferred.take() {
-            if let Some(at) = dispatch(&self.ctx, &self.conn, &payload, binary) {
-                self.deferred = Some((payload[at..].to_vec(), binary));
+        if let Some(mut rest) = self.deferred.take() {
+            // Resumed in place: the set-aside bytes are copied once, however often it pauses.
+            if let Some(at) = dispatch(&self.ctx, &self.conn, &rest.bytes[rest.at..], rest.binary) {
+                rest.at += at;
+                self.deferred = Some(rest);
                 return;
             }
         }
@@ -471,7 +473,8 @@ impl Reader {
                             if self.conn.is_closing() { Phase::Closing } else { Phase::Open };
                     } else {
                         if let Some(at) = dispatch(&self.ctx, &self.conn, payload, binary) {
-                            self.deferred = Some((payload[at..].to_vec(), binary));
+                            let bytes = payload[at..].to_vec();
+                            self.deferred = Some(Deferred { bytes, at: 0, binary });
                         }
                         if self.paused() {
                             break;
@@ -555,6 +558,14 @@ fn dispatch(
         }
     }
     None
+}
+
+/// The rest of a WebSocket message set aside when its handling paused.
+struct Deferred {
+    bytes: Vec<u8>,
+    /// Where handling resumes.
+    at: usize,
+    binary: bool,
 }
 
 /// Bytes carried over between reads: `buf[..len]` is unconsumed input. `buf` is always

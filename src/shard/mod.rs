@@ -112,6 +112,8 @@ pub struct Shard {
     outgoing: Vec<VecDeque<Mail>>,
     /// Scratch for WebSocket headers, so encoding does not allocate.
     header: Vec<u8>,
+    /// Scratch for error texts.
+    text: Vec<u8>,
     pub stats: Stats,
     pub shutdown_requested: bool,
     drain: Drain,
@@ -153,6 +155,7 @@ impl Shard {
             next_request: 1,
             outgoing,
             header: Vec::with_capacity(ws::HEADER_BYTES_MAX),
+            text: Vec::new(),
             stats: Stats::default(),
             shutdown_requested: false,
             drain: Drain::default(),
@@ -621,11 +624,16 @@ impl Shard {
         req_id: Option<&[u8]>,
     ) {
         self.stats.errors[code as usize] += 1;
-        let mut text = Vec::with_capacity(command.len() + target.len() + 40);
+        // The text goes through a reused scratch buffer: a flood of bad messages costs one
+        // allocation per error (the frame), which stays queued until the peer reads it.
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
         reply::write_error_text(code, command, target, &mut text);
-        let mut payload = Vec::with_capacity(text.len() + 64);
-        reply::write_error(code, req_id, &text, &mut payload);
-        conn.reply_text(&payload);
+        let room = text.len() + req_id.map_or(0, <[u8]>::len) + 48;
+        let (bytes, start) =
+            self.frame(Opcode::Text, room, |out| reply::write_error(code, req_id, &text, out));
+        self.text = text;
+        conn.reply(Rc::new(FrameBytes::Local { bytes, start }));
     }
 
     fn limit(
