@@ -224,7 +224,8 @@ fn sendmsg(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     header.msg_iov = iov.as_ptr() as *mut libc::iovec;
     header.msg_iovlen = iov.len() as _;
     // SAFETY: `header` points at `iov`, whose entries point into frames the queue keeps alive
-    // for the duration of the call; the kernel only reads them. `fd` is the connection's open
+    // or into the thread's gather buffer, which the caller holds borrowed, for the duration of
+    // the call; the kernel only reads them. `fd` is the connection's open
     // socket, owned by the connection for as long as its writer runs.
     let sent = unsafe { libc::sendmsg(fd, &header, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if sent < 0 {
