@@ -182,6 +182,7 @@ pub async fn serve(
         decoder: Decoder::new(ctx.settings.message_bytes_max),
         pending: Carry::default(),
         deferred: None,
+        stalled: false,
         tls,
     };
     reader.run().await;
@@ -207,6 +208,8 @@ struct Reader {
     pending: Carry,
     /// The unhandled rest of a WebSocket message whose handling paused.
     deferred: Option<Deferred>,
+    /// A pause stopped the handling of bytes already read (see [`Reader::run`]).
+    stalled: bool,
     tls: Option<Rc<Tls>>,
 }
 
@@ -223,8 +226,14 @@ impl Reader {
     async fn run(&mut self) {
         let deadline = Instant::now() + self.ctx.settings.auth_timeout;
         loop {
-            if self.phase == Phase::Open && self.paused() {
-                self.wait_until_resumable().await;
+            // `stalled`: frames were left unhandled by a pause. The pause may already be over
+            // (the acknowledgements came while this task yielded), but those frames must be
+            // handled before reading: the peer may be waiting for their answer.
+            if self.phase == Phase::Open && (self.paused() || self.stalled) {
+                if self.paused() {
+                    self.wait_until_resumable().await;
+                }
+                self.stalled = false;
                 self.resume();
                 self.after_input().await;
                 continue;
@@ -477,6 +486,7 @@ impl Reader {
                             self.deferred = Some(Deferred { bytes, at: 0, binary });
                         }
                         if self.paused() {
+                            self.stalled = true;
                             break;
                         }
                     }
