@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::cli::{Common, ConnectionsArgs};
 use crate::conn::{CloseReason, Event, Sender};
-use crate::report::{self, GeneratorUse, Report, ServerUse, Table};
+use crate::report::{self, Report, Table};
 use crate::run::{self, human, CpuSnapshot, Progress};
 use crate::stats::{Latency, LatencySummary};
 use crate::sys::{self, Clock};
@@ -266,6 +266,7 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
     if failed > 0 {
         warnings.push(format!("{failed} of {count} connections failed"));
     }
+    let (generator, server) = report::usage(common, threads, generator_cpu, server_cpu, rss_after);
     let report = Report {
         scenario: "connections",
         protocol: common.protocol,
@@ -274,16 +275,8 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
         tls_session: shared.tls_session.get().cloned(),
         parameters: report::parameters(common, args),
         results,
-        generator: GeneratorUse {
-            threads,
-            cpus: common.cpus.as_ref().map(|c| c.0.clone()),
-            cpu_percent: generator_cpu,
-        },
-        server: common.server_pid.map(|pid| ServerUse {
-            pid,
-            cpu_percent: server_cpu,
-            rss_kib: rss_after,
-        }),
+        generator,
+        server,
         warnings,
     };
     report.print(common.json);

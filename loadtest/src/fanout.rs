@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::body::{self, Body, BodyWriter, Stamp};
 use crate::cli::{Common, FanoutArgs, Rate};
 use crate::conn::{CloseReason, Event, Sender};
-use crate::report::{self, GeneratorUse, Report, ServerUse, Table};
+use crate::report::{self, Report, Table};
 use crate::run::{self, human, CpuSnapshot, Progress};
 use crate::stats::{Latency, LatencySummary, SeqTracker};
 use crate::sys::{self, Clock};
@@ -863,6 +863,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
             results.lost, results.order_violations
         ));
     }
+    let (generator, server) = report::usage(common, threads, generator_cpu, server_cpu, rss);
     let report = Report {
         scenario: "fanout",
         protocol: common.protocol,
@@ -871,16 +872,8 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
         tls_session: shared.tls_session.get().cloned(),
         parameters: report::parameters(common, args),
         results,
-        generator: GeneratorUse {
-            threads,
-            cpus: common.cpus.as_ref().map(|c| c.0.clone()),
-            cpu_percent: generator_cpu,
-        },
-        server: common.server_pid.map(|pid| ServerUse {
-            pid,
-            cpu_percent: server_cpu,
-            rss_kib: rss,
-        }),
+        generator,
+        server,
         warnings,
     };
     report.print(common.json);

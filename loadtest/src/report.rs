@@ -45,6 +45,23 @@ pub struct ServerUse {
     pub rss_kib: Option<u64>,
 }
 
+/// What the generator and (with `--server-pid`) the broker used, as every subcommand reports it.
+pub fn usage(
+    common: &Common,
+    threads: usize,
+    generator_cpu: f64,
+    server_cpu: Option<f64>,
+    rss_kib: Option<u64>,
+) -> (GeneratorUse, Option<ServerUse>) {
+    let generator = GeneratorUse {
+        threads,
+        cpus: common.cpus.as_ref().map(|c| c.0.clone()),
+        cpu_percent: generator_cpu,
+    };
+    let server = common.server_pid.map(|pid| ServerUse { pid, cpu_percent: server_cpu, rss_kib });
+    (generator, server)
+}
+
 /// The common options as they went into this run (for the report's `parameters`).
 pub fn parameters(common: &Common, args: &impl Serialize) -> serde_json::Value {
     let mut value = serde_json::to_value(args).unwrap_or(serde_json::Value::Null);

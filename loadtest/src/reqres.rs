@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::body::{self, Body, BodyWriter, Stamp};
 use crate::cli::{Common, ReqresArgs};
 use crate::conn::{CloseReason, Event, Incoming, Sender};
-use crate::report::{self, GeneratorUse, Report, ServerUse, Table};
+use crate::report::{self, Report, Table};
 use crate::run::{self, human, CpuSnapshot, Progress};
 use crate::stats::{Latency, LatencySummary};
 use crate::sys::{self, Clock};
@@ -433,6 +433,7 @@ pub fn run(common: &Common, args: &ReqresArgs) -> Result<(), String> {
             common.drain.as_secs_f64()
         ));
     }
+    let (generator, server) = report::usage(common, threads, generator_cpu, server_cpu, rss);
     let report = Report {
         scenario: "reqres",
         protocol: common.protocol,
@@ -441,16 +442,8 @@ pub fn run(common: &Common, args: &ReqresArgs) -> Result<(), String> {
         tls_session: shared.tls_session.get().cloned(),
         parameters: report::parameters(common, args),
         results,
-        generator: GeneratorUse {
-            threads,
-            cpus: common.cpus.as_ref().map(|c| c.0.clone()),
-            cpu_percent: generator_cpu,
-        },
-        server: common.server_pid.map(|pid| ServerUse {
-            pid,
-            cpu_percent: server_cpu,
-            rss_kib: rss,
-        }),
+        generator,
+        server,
         warnings,
     };
     report.print(common.json);
