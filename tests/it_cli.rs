@@ -112,10 +112,13 @@ fn json_logs_name_the_connection_and_never_a_key() {
     let mut service = server.connect("svc-secret-key");
     service.send_text("PUB\r\n\r\n.\r\n"); // malformed: logged at debug
     service.expect_malformed();
+    // The log is collected from the broker's stderr by a reader thread, so a line written
+    // before the reply was sent may still be on its way: wait for both lines.
     let deadline = Instant::now() + Duration::from_secs(5);
     let log = loop {
         let log = server.log();
-        if log.contains("bad key") || Instant::now() > deadline {
+        let complete = log.contains("bad key") && log.contains("malformed message");
+        if complete || Instant::now() > deadline {
             break log;
         }
         std::thread::sleep(Duration::from_millis(50));
