@@ -6,7 +6,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -112,17 +111,7 @@ fn json_logs_name_the_connection_and_never_a_key() {
     let mut service = server.connect("svc-secret-key");
     service.send_text("PUB\r\n\r\n.\r\n"); // malformed: logged at debug
     service.expect_malformed();
-    // The log is collected from the broker's stderr by a reader thread, so a line written
-    // before the reply was sent may still be on its way: wait for both lines.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let log = loop {
-        let log = server.log();
-        let complete = log.contains("bad key") && log.contains("malformed message");
-        if complete || Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let log = server.log_when(|log| log.contains("bad key") && log.contains("malformed message"));
     assert!(!log.contains("secret-key"), "a key was logged:\n{log}");
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.iter().all(|l| l.starts_with('{') && l.ends_with('}')), "not JSON lines:\n{log}");

@@ -155,6 +155,20 @@ impl Server {
         String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
     }
 
+    /// The log once `done` holds for it, or as it stands after 5 s. The log is collected from
+    /// the server's stderr by a reader thread, so a line written before a reply was sent may
+    /// still be on its way when the reply arrives.
+    pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if done(&log) || Instant::now() > deadline {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         self.signal(libc::SIGTERM);
