@@ -213,3 +213,41 @@ fn a_sub_takes_effect_everywhere_once_a_later_command_is_answered() {
         missed.len()
     );
 }
+
+#[test]
+fn frames_read_behind_a_grant_are_answered_without_more_input() {
+    // EREQ/ESUB/EPUB pause the reader until every shard has them (PROTOCOL.md §4, docs). The
+    // frames already read behind the grant must then be handled even though the peer sends
+    // nothing more: it is waiting for their answer. (A load generator that pipelined its
+    // login barrier behind EREQ, on several connections at once, once waited forever here.)
+    let server = Server::start(&[]);
+    let services: Vec<Client> = (0..8).map(|i| server.service_on(i % 2)).collect();
+    let threads: Vec<_> = services
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut svc)| {
+            std::thread::spawn(move || {
+                let own = format!("MSG:{}", svc.cid);
+                for i in 0..200 {
+                    let topic = format!("Pipelined{n}-{i}");
+                    svc.queue_text(&msg("EREQ", &topic, &[], ""));
+                    svc.queue_text(&msg("ESUB", &topic, &[], ""));
+                    svc.queue_text(&msg("PUB", &own, &[], &format!("after {i}")));
+                    svc.flush();
+                    match svc.next_event(Duration::from_secs(5)) {
+                        Event::Message(m) => {
+                            let p = m.parse();
+                            assert_eq!(show(&p.body), show(format!("after {i}\r\n").as_bytes()));
+                        }
+                        other => {
+                            panic!("connection {n}, round {i}: the PUB behind EREQ got {other:?}")
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("every PUB behind a grant was answered");
+    }
+}
