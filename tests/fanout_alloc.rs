@@ -1,5 +1,6 @@
 //! Proves the fan-out path does not allocate per subscriber: delivering one message to 1 000
-//! subscribers allocates exactly as often as delivering it to one.
+//! subscribers allocates exactly as often as delivering it to one; on the publisher's own shard
+//! it does not allocate at all once warm.
 //!
 //! A counting global allocator (counting only the current thread, so the parallel test
 //! runner's other threads do not disturb it) wraps the system allocator. Each case warms up
@@ -84,7 +85,8 @@ fn send(shard: &mut Shard, conn: &Rc<Connection>, text: &[u8]) {
 const PUBLISH: &[u8] =
     b"PUB T\r\nSeq: 1\r\n\r\nsome payload of a typical size, more or less\r\n.\r\n";
 
-/// Allocations per published message on one shard with `subscribers` subscribers.
+/// Allocations while 1000 messages are published and sent on one shard with `subscribers`
+/// subscribers.
 fn local_fan_out(subscribers: u64) -> u64 {
     let mut s = shard(0, 1);
     let publisher = connect(&mut s, 0);
@@ -107,7 +109,7 @@ fn local_fan_out(subscribers: u64) -> u64 {
     for _ in 0..100 {
         round(&mut s);
     }
-    (allocations() - before) / 1000
+    allocations() - before
 }
 
 /// Allocations per message arriving from the topic's owner on another shard.
@@ -165,11 +167,15 @@ fn the_counter_sees_allocations() {
 }
 
 #[test]
-fn local_fan_out_allocates_per_message_not_per_subscriber() {
+fn local_fan_out_allocates_nothing_once_warm() {
+    // The frame pool refills the buffers of frames every queue has sent.
     let one = local_fan_out(1);
     let many = local_fan_out(1000);
-    assert_eq!(one, many, "allocations per message: 1 subscriber {one}, 1000 subscribers {many}");
-    assert!(one <= 4, "a publish should take a handful of allocations, took {one}");
+    assert_eq!(
+        (one, many),
+        (0, 0),
+        "allocations for 1000 messages: to 1 subscriber {one}, to 1000 subscribers {many}"
+    );
 }
 
 #[test]

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
-use crate::connection::outbound::{Frame, FrameBytes};
+use crate::connection::outbound::{Frame, FrameBytes, FramePool};
 use crate::connection::{Connection, Delivery, SlowConsumer};
 use crate::grants::{Grant, Grants};
 use crate::ids::{ConnectionId, RequestId, ShardId};
@@ -112,6 +112,8 @@ pub struct Shard {
     outgoing: Vec<VecDeque<Mail>>,
     /// Scratch for WebSocket headers, so encoding does not allocate.
     header: Vec<u8>,
+    /// Buffers of published frames that stay on this shard, reused once sent.
+    frame_pool: FramePool,
     /// Scratch for error texts.
     text: Vec<u8>,
     pub stats: Stats,
@@ -155,6 +157,7 @@ impl Shard {
             next_request: 1,
             outgoing,
             header: Vec::with_capacity(ws::HEADER_BYTES_MAX),
+            frame_pool: FramePool::default(),
             text: Vec::new(),
             stats: Stats::default(),
             shutdown_requested: false,
@@ -339,14 +342,12 @@ impl Shard {
         if !remote && self.subscriptions.get(msg.target).is_empty() {
             return; // nobody anywhere subscribes
         }
-        let frame = self.encode(conn, binary, msg, None, None);
         if !remote {
-            // Nobody on another shard: skip the shared allocation.
-            let (bytes, start, _) = frame;
-            let frame = Rc::new(FrameBytes::Local { bytes, start });
+            // Nobody on another shard: a pooled shard-local frame, no allocation.
+            let frame = self.encode_local(conn, binary, msg);
             return self.deliver_local(msg.target, &frame);
         }
-        let shared = share(frame);
+        let shared = share(self.encode(conn, binary, msg, None, None));
         if owner == self.id() {
             self.fan_out(shared);
         } else {
@@ -842,24 +843,31 @@ impl Shard {
     // ---------------------------------------------------------------------------------------
     // Encoding.
 
-    /// Encodes one server frame: `write` appends the payload; returns the buffer and where
-    /// the frame starts in it (header room is reserved up front and the unused part skipped).
+    /// Encodes one server frame into a new buffer (see [`write_frame`]).
     fn frame(
         &mut self,
         opcode: Opcode,
         payload_len: usize,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> (Vec<u8>, usize) {
-        let room = ws::HEADER_BYTES_MAX;
-        let mut bytes = Vec::with_capacity(room + payload_len);
-        bytes.resize(room, 0);
-        write(&mut bytes);
-        let len = bytes.len() - room;
-        self.header.clear();
-        ws::encode_header(opcode, len, &mut self.header);
-        let start = room - self.header.len();
-        bytes[start..room].copy_from_slice(&self.header);
+        let mut bytes = Vec::new();
+        let start = write_frame(&mut self.header, opcode, payload_len, &mut bytes, write);
         (bytes, start)
+    }
+
+    /// Encodes the relayed form of a PUB that stays on this shard into a pooled frame.
+    fn encode_local(&mut self, conn: &Connection, binary: bool, msg: &Message<'_>) -> Frame {
+        let opcode = if binary { Opcode::Binary } else { Opcode::Text };
+        let Self { frame_pool, header, .. } = self;
+        conn.with_uid(|uid| {
+            let sender = Sender { cid: &conn.cid, uid };
+            let len = message::relay_len(msg, sender, None, None);
+            frame_pool.fill(|bytes| {
+                write_frame(header, opcode, len, bytes, |out| {
+                    message::write_relay(msg, sender, None, None, out)
+                })
+            })
+        })
     }
 
     /// Encodes the relayed form of `msg` from `conn` as one frame, sized exactly; also
@@ -884,6 +892,29 @@ impl Shard {
         debug_assert_eq!(&bytes[topic.start as usize..topic.end as usize], msg.target);
         (bytes, start, topic)
     }
+}
+
+/// Encodes one server frame into the empty `bytes`: `write` appends the payload; returns where
+/// the frame starts (header room is reserved up front and the unused part skipped). `header`
+/// is scratch.
+fn write_frame(
+    header: &mut Vec<u8>,
+    opcode: Opcode,
+    payload_len: usize,
+    bytes: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> usize {
+    let room = ws::HEADER_BYTES_MAX;
+    debug_assert!(bytes.is_empty());
+    bytes.reserve(room + payload_len);
+    bytes.resize(room, 0);
+    write(bytes);
+    let len = bytes.len() - room;
+    header.clear();
+    ws::encode_header(opcode, len, header);
+    let start = room - header.len();
+    bytes[start..room].copy_from_slice(header);
+    start
 }
 
 fn share((bytes, start, topic): (Vec<u8>, usize, std::ops::Range<u32>)) -> SharedFrame {
