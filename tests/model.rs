@@ -93,7 +93,8 @@ impl Cluster {
                 if from == to || !pick(from * n + to) {
                     continue;
                 }
-                let mail = self.shards[from].take_mail(ShardId(to as u16));
+                let mut mail = Vec::new();
+                self.shards[from].take_mail(ShardId(to as u16), &mut mail);
                 for m in mail {
                     moved = true;
                     self.shards[to].handle_mail(m);

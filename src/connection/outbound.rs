@@ -42,48 +42,6 @@ impl FrameBytes {
 /// A shard-local handle to an encoded frame: cloning it is a non-atomic increment.
 pub type Frame = Rc<FrameBytes>;
 
-/// Frames the pool keeps for reuse, and the largest buffer it keeps: at most 4 MiB per shard.
-const POOL_FRAMES: usize = 256;
-const POOL_FRAME_BYTES_MAX: usize = 16 * 1024;
-
-/// Recycles a shard's locally encoded frames, so that publishing on a shard allocates nothing
-/// once the pool has warmed up.
-///
-/// The pool keeps a handle to each frame it hands out, oldest first. A frame whose only
-/// holder is the pool has been sent (or dropped) by every queue, so its buffer can be
-/// refilled. When the oldest is still queued somewhere (a deep backlog, a slow consumer), the
-/// pool allocates instead and, once full, forgets the oldest: it never waits and never holds
-/// more than `POOL_FRAMES` buffers of at most `POOL_FRAME_BYTES_MAX`.
-#[derive(Debug, Default)]
-pub struct FramePool {
-    frames: VecDeque<Frame>,
-}
-
-impl FramePool {
-    /// A frame written by `write` into a recycled buffer when the oldest kept frame is free,
-    /// else into a new one. `write` fills the buffer and returns where the frame starts.
-    pub fn fill(&mut self, write: impl FnOnce(&mut Vec<u8>) -> usize) -> Frame {
-        let mut frame = match self.frames.front() {
-            Some(oldest) if Rc::strong_count(oldest) == 1 => {
-                self.frames.pop_front().expect("the front exists")
-            }
-            _ => Rc::new(FrameBytes::Local { bytes: Vec::new(), start: 0 }),
-        };
-        let Some(FrameBytes::Local { bytes, start }) = Rc::get_mut(&mut frame) else {
-            unreachable!("the pool holds only local frames that nothing else holds")
-        };
-        bytes.clear();
-        *start = write(bytes);
-        if bytes.capacity() <= POOL_FRAME_BYTES_MAX {
-            if self.frames.len() == POOL_FRAMES {
-                self.frames.pop_front(); // still queued somewhere: freed once sent
-            }
-            self.frames.push_back(frame.clone());
-        }
-        frame
-    }
-}
-
 /// What [`OutQueue::push`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Push {
@@ -280,50 +238,6 @@ fn sendmsg(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fill(pool: &mut FramePool, text: &[u8]) -> Frame {
-        pool.fill(|bytes| {
-            bytes.extend_from_slice(b"..");
-            bytes.extend_from_slice(text);
-            2
-        })
-    }
-
-    #[test]
-    fn the_pool_refills_a_frame_every_queue_has_sent() {
-        let mut pool = FramePool::default();
-        let mut queue = OutQueue::default();
-        let first = fill(&mut pool, b"first");
-        assert_eq!(first.as_slice(), b"first");
-        queue.push(&first, 1 << 20);
-        let at = Rc::as_ptr(&first);
-        drop(first);
-        // Still queued: not reused.
-        let second = fill(&mut pool, b"second");
-        assert_ne!(Rc::as_ptr(&second), at);
-        assert_eq!(queue.head(), Some(&b"first"[..]));
-        queue.advance(5);
-        drop(second);
-        // Sent: the oldest frame is refilled.
-        let third = fill(&mut pool, b"third");
-        assert_eq!(Rc::as_ptr(&third), at);
-        assert_eq!(third.as_slice(), b"third");
-    }
-
-    #[test]
-    fn the_pool_stays_bounded_when_frames_stay_queued() {
-        let mut pool = FramePool::default();
-        let held: Vec<Frame> = (0..POOL_FRAMES * 3).map(|i| fill(&mut pool, &[i as u8])).collect();
-        assert_eq!(pool.frames.len(), POOL_FRAMES);
-        for (i, frame) in held.iter().enumerate() {
-            assert_eq!(frame.as_slice(), [i as u8], "a held frame was overwritten");
-        }
-        let big = pool.fill(|bytes| {
-            bytes.resize(POOL_FRAME_BYTES_MAX + 1, b'x');
-            0
-        });
-        assert!(!pool.frames.iter().any(|f| Rc::ptr_eq(f, &big)), "a large buffer was kept");
-    }
 
     fn frame(bytes: &[u8]) -> Frame {
         Rc::new(FrameBytes::Local { bytes: bytes.to_vec(), start: 0 })
