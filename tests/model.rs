@@ -93,8 +93,7 @@ impl Cluster {
                 if from == to || !pick(from * n + to) {
                     continue;
                 }
-                let mut mail = Vec::new();
-                self.shards[from].take_mail(ShardId(to as u16), &mut mail);
+                let mail = self.shards[from].take_mail(ShardId(to as u16));
                 for m in mail {
                     moved = true;
                     self.shards[to].handle_mail(m);

@@ -20,12 +20,10 @@
 //! publisher's messages in order at every subscriber.
 
 pub mod mailbox;
-pub mod pool;
 pub mod requests;
 pub mod topics;
 
 use std::collections::VecDeque;
-use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +38,6 @@ use crate::protocol::message::{self, Command, Message, Sender};
 use crate::protocol::reply::{self, ErrorCode};
 use crate::protocol::ws::{self, Opcode};
 use mailbox::{Mail, Mailboxes, Request, SharedFrame, TopicName};
-use pool::Pool;
 use requests::{Assigned, Pending, Pools};
 use topics::{each_shard, Interest, LocalSubscriptions, Placement};
 
@@ -115,10 +112,6 @@ pub struct Shard {
     outgoing: Vec<VecDeque<Mail>>,
     /// Scratch for WebSocket headers, so encoding does not allocate.
     header: Vec<u8>,
-    /// Buffers of published frames, reused once sent: those that stay on this shard, and
-    /// those mailed to other shards.
-    local_frames: Pool<Frame>,
-    shared_frames: Pool<Arc<Vec<u8>>>,
     /// Scratch for error texts.
     text: Vec<u8>,
     pub stats: Stats,
@@ -162,8 +155,6 @@ impl Shard {
             next_request: 1,
             outgoing,
             header: Vec::with_capacity(ws::HEADER_BYTES_MAX),
-            local_frames: Pool::default(),
-            shared_frames: Pool::default(),
             text: Vec::new(),
             stats: Stats::default(),
             shutdown_requested: false,
@@ -348,12 +339,14 @@ impl Shard {
         if !remote && self.subscriptions.get(msg.target).is_empty() {
             return; // nobody anywhere subscribes
         }
+        let frame = self.encode(conn, binary, msg, None, None);
         if !remote {
-            // Nobody on another shard: a pooled shard-local frame, no allocation.
-            let frame = self.encode_local(conn, binary, msg);
+            // Nobody on another shard: skip the shared allocation.
+            let (bytes, start, _) = frame;
+            let frame = Rc::new(FrameBytes::Local { bytes, start });
             return self.deliver_local(msg.target, &frame);
         }
-        let shared = self.encode_shared(conn, binary, msg);
+        let shared = share(frame);
         if owner == self.id() {
             self.fan_out(shared);
         } else {
@@ -837,10 +830,9 @@ impl Shard {
         left
     }
 
-    /// Moves the queued mail for `to` into `into` (for tests that move mail themselves); the
-    /// queue keeps its capacity, as it does when the runtime flushes it.
-    pub fn take_mail(&mut self, to: ShardId, into: &mut Vec<Mail>) {
-        into.extend(self.outgoing[to.index()].drain(..));
+    /// Takes the queued mail for `to` (for tests that move mail themselves).
+    pub fn take_mail(&mut self, to: ShardId) -> VecDeque<Mail> {
+        std::mem::take(&mut self.outgoing[to.index()])
     }
 
     pub fn has_backlog(&self) -> bool {
@@ -850,31 +842,24 @@ impl Shard {
     // ---------------------------------------------------------------------------------------
     // Encoding.
 
-    /// Encodes one server frame into a new buffer (see [`write_frame`]).
+    /// Encodes one server frame: `write` appends the payload; returns the buffer and where
+    /// the frame starts in it (header room is reserved up front and the unused part skipped).
     fn frame(
         &mut self,
         opcode: Opcode,
         payload_len: usize,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> (Vec<u8>, usize) {
-        let mut bytes = Vec::new();
-        let start = write_frame(&mut self.header, opcode, payload_len, &mut bytes, write);
+        let room = ws::HEADER_BYTES_MAX;
+        let mut bytes = Vec::with_capacity(room + payload_len);
+        bytes.resize(room, 0);
+        write(&mut bytes);
+        let len = bytes.len() - room;
+        self.header.clear();
+        ws::encode_header(opcode, len, &mut self.header);
+        let start = room - self.header.len();
+        bytes[start..room].copy_from_slice(&self.header);
         (bytes, start)
-    }
-
-    /// Encodes the relayed form of a PUB that stays on this shard into a pooled frame.
-    fn encode_local(&mut self, conn: &Connection, binary: bool, msg: &Message<'_>) -> Frame {
-        let Self { local_frames, header, .. } = self;
-        let relay = Relay { conn, binary, msg, req_id: None, rid: None };
-        local_frames.frame(|bytes| relay.write(header, bytes))
-    }
-
-    /// Encodes the relayed form of a PUB for other shards into a pooled shared buffer.
-    fn encode_shared(&mut self, conn: &Connection, binary: bool, msg: &Message<'_>) -> SharedFrame {
-        let Self { shared_frames, header, .. } = self;
-        let relay = Relay { conn, binary, msg, req_id: None, rid: None };
-        let (bytes, start) = shared_frames.fill(|bytes| relay.write(header, bytes));
-        SharedFrame { bytes, start: start as u32, topic: topic_range(msg) }
     }
 
     /// Encodes the relayed form of `msg` from `conn` as one frame, sized exactly; also
@@ -886,75 +871,22 @@ impl Shard {
         msg: &Message<'_>,
         req_id: Option<&[u8]>,
         rid: Option<RequestId>,
-    ) -> (Vec<u8>, usize, Range<u32>) {
-        let mut bytes = Vec::new();
-        let relay = Relay { conn, binary, msg, req_id, rid };
-        let start = relay.write(&mut self.header, &mut bytes);
-        (bytes, start, topic_range(msg))
-    }
-}
-
-/// What a relayed message is made of: the sender's message, rewritten (see
-/// [`message::write_relay`]).
-struct Relay<'a, 'm> {
-    conn: &'a Connection,
-    binary: bool,
-    msg: &'a Message<'m>,
-    req_id: Option<&'a [u8]>,
-    rid: Option<RequestId>,
-}
-
-impl Relay<'_, '_> {
-    /// Encodes the relayed message as one frame, sized exactly, into the empty `bytes`;
-    /// returns where the frame starts.
-    fn write(&self, header: &mut Vec<u8>, bytes: &mut Vec<u8>) -> usize {
-        let Relay { conn, binary, msg, req_id, .. } = *self;
+    ) -> (Vec<u8>, usize, std::ops::Range<u32>) {
         let opcode = if binary { Opcode::Binary } else { Opcode::Text };
-        let rid = self.rid.map(|r| r.0);
-        let start = conn.with_uid(|uid| {
+        let rid = rid.map(|r| r.0);
+        let (bytes, start) = conn.with_uid(|uid| {
             let sender = Sender { cid: &conn.cid, uid };
             let len = message::relay_len(msg, sender, req_id, rid);
-            write_frame(header, opcode, len, bytes, |out| {
-                message::write_relay(msg, sender, req_id, rid, out)
-            })
+            self.frame(opcode, len, |out| message::write_relay(msg, sender, req_id, rid, out))
         });
-        let topic = topic_range(msg);
+        let topic_start = ws::HEADER_BYTES_MAX + msg.word.len() + 1;
+        let topic = topic_start as u32..(topic_start + msg.target.len()) as u32;
         debug_assert_eq!(&bytes[topic.start as usize..topic.end as usize], msg.target);
-        start
+        (bytes, start, topic)
     }
 }
 
-/// Where the topic of a relayed message is in its frame's buffer: right after the header
-/// room and the command word.
-fn topic_range(msg: &Message<'_>) -> Range<u32> {
-    let start = ws::HEADER_BYTES_MAX + msg.word.len() + 1;
-    start as u32..(start + msg.target.len()) as u32
-}
-
-/// Encodes one server frame into the empty `bytes`: `write` appends the payload; returns where
-/// the frame starts (header room is reserved up front and the unused part skipped). `header`
-/// is scratch.
-fn write_frame(
-    header: &mut Vec<u8>,
-    opcode: Opcode,
-    payload_len: usize,
-    bytes: &mut Vec<u8>,
-    write: impl FnOnce(&mut Vec<u8>),
-) -> usize {
-    let room = ws::HEADER_BYTES_MAX;
-    debug_assert!(bytes.is_empty());
-    bytes.reserve(room + payload_len);
-    bytes.resize(room, 0);
-    write(bytes);
-    let len = bytes.len() - room;
-    header.clear();
-    ws::encode_header(opcode, len, header);
-    let start = room - header.len();
-    bytes[start..room].copy_from_slice(header);
-    start
-}
-
-fn share((bytes, start, topic): (Vec<u8>, usize, Range<u32>)) -> SharedFrame {
+fn share((bytes, start, topic): (Vec<u8>, usize, std::ops::Range<u32>)) -> SharedFrame {
     SharedFrame { bytes: Arc::new(bytes), start: start as u32, topic }
 }
 
