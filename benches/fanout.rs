@@ -1,6 +1,10 @@
 //! Measures delivery: a PUB fanned out by one shard to 1 / 100 / 10 000 local subscribers, and
 //! the cross-shard inbox hop beside a std channel, in one thread and across two, with criterion.
 
+/// The broker's own allocator, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
