@@ -36,7 +36,7 @@ log() { echo "compare: $*" >&2; }
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 if [[ -z "${MIDDLEMAN_BIN:-}" || -z "${LOADTEST_BIN:-}" ]]; then
     log "building release binaries"
-    (cd "$ROOT" && cargo build --release -p middleman --bin middleman -p middleman-loadtest >&2)
+    (cd "$ROOT" && cargo build --release --bin middleman --bin middleman-loadtest >&2)
 fi
 MIDDLEMAN_BIN="${MIDDLEMAN_BIN:-$TARGET/release/middleman}"
 LOADTEST_BIN="${LOADTEST_BIN:-$TARGET/release/middleman-loadtest}"

@@ -18,7 +18,7 @@ OUTPUT="${1:-}"
 DURATION="${SOAK_DURATION:-600s}"
 CHURN="${SOAK_CHURN:-500}"
 if [[ -z "${MIDDLEMAN_BIN:-}" || -z "${LOADTEST_BIN:-}" ]]; then
-    (cd "$ROOT" && cargo build --release -p middleman --bin middleman -p middleman-loadtest >&2)
+    (cd "$ROOT" && cargo build --release --bin middleman --bin middleman-loadtest >&2)
 fi
 MIDDLEMAN_BIN="${MIDDLEMAN_BIN:-$ROOT/target/release/middleman}"
 LOADTEST_BIN="${LOADTEST_BIN:-$ROOT/target/release/middleman-loadtest}"
