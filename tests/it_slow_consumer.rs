@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,10 @@ use common::*;
 
 const COUNT: u64 = 5000;
 const BODY_BYTES: usize = 1024;
+/// How many messages the publisher may be ahead of the fast subscriber: about 33 KiB, half of
+/// `--max-pending-bytes`, so the fast one stays within its budget however late its reader
+/// thread is scheduled (on a busy machine it once fell behind and was rightly dropped).
+const WINDOW: u64 = 32;
 
 fn body(seq: u64) -> String {
     let head = format!("{seq:08} ");
@@ -54,7 +60,9 @@ struct Flood {
 }
 
 /// Sets up publisher, fast and slow subscribers, publishes `COUNT` messages of 1 KiB while the
-/// fast one reads on its own thread, and checks the fast one got every message in order.
+/// fast one reads on its own thread (at most `WINDOW` behind), and checks the fast one got
+/// every message in order. The slow one never reads, so it passes its budget within a few
+/// windows.
 fn flood(server: &Server, slow_shard: u16) -> Flood {
     let mut fast = server.service_on(1 - slow_shard);
     fast.send_text(&msg("SUB", "Flood", &[], ""));
@@ -65,6 +73,8 @@ fn flood(server: &Server, slow_shard: u16) -> Flood {
     let publisher_cid = publisher.cid.clone();
 
     let start = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&received);
     let reader = thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         for expected in 0..COUNT {
@@ -73,6 +83,7 @@ fn flood(server: &Server, slow_shard: u16) -> Flood {
                 Event::Message(m) => {
                     let seq = check(&m, &publisher_cid);
                     assert_eq!(seq, expected, "fast subscriber: out of order or lost");
+                    counter.store(seq + 1, Ordering::Release);
                 }
                 other => panic!("fast subscriber after {expected} messages: {other:?}"),
             }
@@ -80,6 +91,12 @@ fn flood(server: &Server, slow_shard: u16) -> Flood {
         fast
     });
     for seq in 0..COUNT {
+        if received.load(Ordering::Acquire) + WINDOW <= seq {
+            publisher.flush();
+            while received.load(Ordering::Acquire) + WINDOW <= seq && !reader.is_finished() {
+                thread::sleep(Duration::from_micros(100));
+            }
+        }
         publisher.queue_text(&msg("PUB", "Flood", &[("Seq", &seq.to_string())], &body(seq)));
         if seq % 16 == 15 {
             publisher.flush();

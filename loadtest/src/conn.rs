@@ -269,13 +269,22 @@ impl Sender {
 
     /// Answers `request` with `body`. Returns false if the request cannot be answered (no
     /// `Rid`, no reply subject).
+    ///
+    /// middleman: the `RES` carries the request's `Rid` and copies its `ReqID`. middleman
+    /// restores `ReqID` itself, but the original Go server passes on only what the responder
+    /// sent, so without the copy its requesters could not match their responses.
     pub fn respond(&mut self, request: &Incoming<'_>, body: &[u8]) -> bool {
         match request {
             Incoming::Mm(m) => {
                 let Some(rid) = m.header(b"Rid") else {
                     return false;
                 };
-                self.mm(b"RES", m.topic, &[(b"Rid", rid)], body);
+                match m.header(b"ReqID") {
+                    Some(req_id) => {
+                        self.mm(b"RES", m.topic, &[(b"Rid", rid), (b"ReqID", req_id)], body)
+                    }
+                    None => self.mm(b"RES", m.topic, &[(b"Rid", rid)], body),
+                }
                 true
             }
             Incoming::Nats { reply, .. } => {
@@ -926,7 +935,7 @@ mod tests {
     }
 
     #[test]
-    fn middleman_response_copies_rid() {
+    fn middleman_response_copies_rid_and_req_id() {
         let raw = b"REQ lt.req\r\nReqID: 5\r\nCid: x\r\nUid: \r\nRid: 77\r\n\r\nhello\r\n.\r\n";
         let (message, _) = mm::parse(raw).unwrap();
         let request = Incoming::Mm(message);
@@ -934,7 +943,19 @@ mod tests {
         let mut tx = Sender::new(Protocol::Middleman, 1);
         assert!(tx.respond(&request, request.body()));
         let frames = decode_client_frames(tx.out.clone());
-        assert_eq!(frames[0].1, b"RES lt.req\r\nRid: 77\r\n\r\nhello\r\n.\r\n");
+        assert_eq!(frames[0].1, b"RES lt.req\r\nRid: 77\r\nReqID: 5\r\n\r\nhello\r\n.\r\n");
+
+        // The original Go server writes `Reqid`; a request without one is answered without.
+        let raw = b"REQ lt.req\nReqid: 6\nRid: 78\n\nhi\n\r\n.\r\n";
+        let (message, _) = mm::parse(raw).unwrap();
+        let request = Incoming::Mm(message);
+        assert!(tx.respond(&request, b"a"));
+        let raw = b"REQ lt.req\r\nRid: 79\r\n\r\nhi\r\n.\r\n";
+        let (message, _) = mm::parse(raw).unwrap();
+        assert!(tx.respond(&Incoming::Mm(message), b"b"));
+        let frames = decode_client_frames(tx.out.clone());
+        assert_eq!(frames[1].1, b"RES lt.req\r\nRid: 78\r\nReqID: 6\r\n\r\na\r\n.\r\n");
+        assert_eq!(frames[2].1, b"RES lt.req\r\nRid: 79\r\n\r\nb\r\n.\r\n");
     }
 
     #[test]
