@@ -15,8 +15,7 @@ fn fanout_and_reqres_over_wss() {
     let ca = ca.to_str().expect("utf-8 temp path");
     let short = ["--duration", "1s", "--warmup", "300ms", "--drain", "10s"];
 
-    // Open loop, a few publishers and subscribers on two generator threads. The loads here are
-    // gentle on purpose: see `large_frames_over_wss_at_max_rate` for why (a broker bug).
+    // Open loop, a few publishers and subscribers on two generator threads.
     let mut args = vec!["--url", url, "--tls-ca", ca, "--threads", "2", "fanout"];
     args.extend(["--publishers", "3", "--subscribers", "12", "--topics", "2", "--rate", "6k"]);
     args.extend(short);
@@ -60,14 +59,11 @@ fn fanout_and_reqres_over_wss() {
     assert!(stderr.contains("--tls-ca"), "{stderr}");
 }
 
-/// Frames larger than a TLS record, as fast as the broker takes them. Ignored: the broker's
-/// TLS read path (`Tls::poll_read` in src/connection/tls.rs) feeds a whole 17 KiB ciphertext
-/// read to rustls without taking the plaintext out between records; when two records complete
-/// in one read, rustls's 16 KiB received-plaintext limit makes `read_tls` fail ("received
-/// plaintext buffer full") and the broker drops the publisher's connection (the generator sees
-/// a reset). Run with `--ignored` once that is fixed.
+/// Frames larger than a TLS record, as fast as the broker takes them. One read can complete
+/// several records, whose plaintext together passes rustls's 16 KiB receive limit; the broker
+/// must take the plaintext out between `read_tls` calls and keep the ciphertext rustls did not
+/// take (it once dropped the publisher here with "received plaintext buffer full").
 #[test]
-#[ignore = "broker drops TLS connections on `received plaintext buffer full`"]
 fn large_frames_over_wss_at_max_rate() {
     let (broker, _plain_url, ca) = start_middleman_tls();
     let ca = ca.to_str().expect("utf-8 temp path");
