@@ -61,8 +61,8 @@ struct Flood {
 
 /// Sets up publisher, fast and slow subscribers, publishes `COUNT` messages of 1 KiB while the
 /// fast one reads on its own thread (at most `WINDOW` behind), and checks the fast one got
-/// every message in order. The slow one never reads, so it passes its budget within a few
-/// windows.
+/// every message in order. The slow one never reads, so its queue passes the budget once the
+/// kernel's buffers for it are full (5 MB of flood is more than they take).
 fn flood(server: &Server, slow_shard: u16) -> Flood {
     let mut fast = server.service_on(1 - slow_shard);
     fast.send_text(&msg("SUB", "Flood", &[], ""));
