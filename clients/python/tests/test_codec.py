@@ -9,10 +9,11 @@ from typing import List, Tuple
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from middleman import Message, ProtocolError, decode, encode
 from middleman.codec import stuff, unstuff
+
+from strategies import BODY, HEADERS
 
 
 def test_encode_writes_crlf_and_dot_stuffs_the_body() -> None:
@@ -89,17 +90,7 @@ def test_the_terminator_is_never_a_body_line() -> None:
     assert unstuff(b"x\n") == b"x"  # a sender that ends with a bare LF
 
 
-TOKEN = st.text(alphabet="!#$%&'*+-.^_`|~0123456789abcdefXYZ", min_size=1, max_size=12)
-VALUE = st.text(st.characters(exclude_characters="\r\n\0", exclude_categories=["Cs"]), max_size=20).map(
-    lambda v: v.strip(" \t")
-)
-HEADERS = st.lists(st.tuples(TOKEN, VALUE), max_size=5)
-PIECES = st.sampled_from([".", "..", "\r", "\n", "\r\n", ".\r\n", "\n.\n", "\n.", "a", "é", "\0", " "])
-TEXT_BODY = st.one_of(st.text(), st.lists(st.one_of(PIECES, st.text(max_size=5))).map("".join))
-BYTES_BODY = st.one_of(st.binary(), st.lists(st.one_of(PIECES.map(str.encode), st.binary(max_size=5))).map(b"".join))
-
-
-@given(headers=HEADERS, body=st.one_of(TEXT_BODY, BYTES_BODY))
+@given(headers=HEADERS, body=BODY)
 def test_decode_undoes_encode(headers: List[Tuple[str, str]], body: "str | bytes") -> None:
     wire = encode("PUB", "topic x", headers, body)
     twice = wire + wire

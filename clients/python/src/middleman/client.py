@@ -208,6 +208,8 @@ class Client:
         self.url = url
         #: This connection's id; a new one after each reconnection.
         self.cid = ""
+        #: How many times the client has logged in again after losing the connection.
+        self.reconnects = 0
         self._key = key
         self._reconnect = reconnect
         self._backoff = backoff
@@ -322,6 +324,7 @@ class Client:
                 await ws.close()
                 return False
             self._ws, self.cid = ws, cid
+            self.reconnects += 1
             log.info("reconnected to %s as %s", self.url, cid)
             self._spawn(self._restore(self._generation))
             return True
