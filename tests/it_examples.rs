@@ -18,6 +18,9 @@ use tungstenite::{Message, WebSocket};
 mod common;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples");
+/// The Python examples import the `middleman` package from the checkout (clients/python), so
+/// they always run against the library as it is in this tree, installed or not.
+const PYTHON_LIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/src");
 /// Where Debian's `chromium` package puts the browser.
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -51,7 +54,7 @@ fn python_client_gets_the_echo_and_its_chat_message() {
     let message = ".leading dot\n.\n..two dots\nend";
     let mut client = Process::spawn(
         "client.py",
-        Command::new("python3").args([
+        Command::new("python3").env("PYTHONPATH", PYTHON_LIB).args([
             &format!("{EXAMPLES}/python/client.py"),
             "--url",
             &url,
@@ -101,7 +104,7 @@ fn python_client_waits_for_a_service_that_starts_after_it() {
     let url = format!("ws://127.0.0.1:{}/", server.port);
     let mut client = Process::spawn(
         "client.py",
-        Command::new("python3").args([
+        Command::new("python3").env("PYTHONPATH", PYTHON_LIB).args([
             &format!("{EXAMPLES}/python/client.py"),
             "--url",
             &url,
@@ -113,9 +116,12 @@ fn python_client_waits_for_a_service_that_starts_after_it() {
             "30",
         ]),
     );
-    // Logged in, and now asking Echo, which nobody has granted or registered yet.
+    // Logged in, asked Echo, which nobody has granted or registered yet, and was told so.
     client.wait_for_line(|line| line.starts_with("cid: "), SERVICE_READY_TIMEOUT);
-    thread::sleep(Duration::from_millis(700));
+    client.wait_for_line(
+        |line| line.starts_with("waiting for the Echo service ("),
+        SERVICE_READY_TIMEOUT,
+    );
     let _service = start_service(&url);
     let status = client.finish(CLIENT_TIMEOUT);
     assert!(status.success(), "client.py failed ({status})\n{}", client.output());
@@ -208,7 +214,7 @@ fn python_with_websockets() -> bool {
 fn start_service(url: &str) -> Process {
     let service = Process::spawn(
         "service.py",
-        Command::new("python3").args([
+        Command::new("python3").env("PYTHONPATH", PYTHON_LIB).args([
             &format!("{EXAMPLES}/python/service.py"),
             "--url",
             url,

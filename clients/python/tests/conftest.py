@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import pytest
+from hypothesis import settings
+
+# No example database: the tests may run from the repository root, and a failing example is
+# printed in full anyway.
+settings.register_profile("middleman", database=None)
+settings.load_profile("middleman")
 
 SERVICE_KEY = "test-service-key"
 CLIENT_KEY = "test-client-key"
