@@ -86,6 +86,12 @@ class Broker:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
 
+    def terminate(self) -> None:
+        """SIGTERM: the broker drains and closes every connection with 1001 `going away`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
     def restart(self) -> None:
         """Kills the broker and starts a new one on the same port (retrying while the port
         is still taken)."""

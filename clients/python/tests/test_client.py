@@ -303,3 +303,44 @@ def test_calls_in_flight_fail_when_the_broker_dies(start_broker: Callable[..., B
             await client.publish("die.t", "x")
 
     run(scenario())
+
+
+def test_unconfirmed_errors_go_to_on_error_and_full_queues_drop(broker: Broker) -> None:
+    async def scenario() -> None:
+        reported: List[middleman.MiddlemanError] = []
+        service = await middleman.connect(broker.url, SERVICE_KEY)
+        client = await middleman.connect(broker.url, CLIENT_KEY, on_error=reported.append)
+        async with service, client:
+            await client.publish("oe.denied", "x", confirm=False)
+            with pytest.raises(middleman.NotTrusted, match="SUB oe.barrier"):
+                await client.subscribe("oe.barrier")  # its error comes after the PUB's
+            assert [(type(e), e.text) for e in reported] == [(middleman.NotTrusted, "Not trusted PUB oe.denied")]
+
+            # Two iterators of one topic on one connection get the same frames: once the big
+            # one has all five, the small one has been offered all five and kept two.
+            small = await service.subscribe("oe.q", max_queue=2)
+            big = await service.subscribe("oe.q")
+            for i in range(5):
+                await service.publish("oe.q", str(i), confirm=False)
+            assert [(await big.get(WAIT)).body for _ in range(5)] == ["0", "1", "2", "3", "4"]
+            assert small.dropped == 3
+            assert [(await small.get(WAIT)).body for _ in range(2)] == ["0", "1"]
+            await small.unsubscribe()
+            await service.publish("oe.q", "still subscribed")  # the big one keeps the SUB
+            assert (await big.get(WAIT)).body == "still subscribed"
+
+    run(scenario())
+
+
+def test_a_broker_shutdown_ends_the_connection_with_going_away(start_broker: Callable[..., Broker]) -> None:
+    broker = start_broker()
+
+    async def scenario() -> None:
+        client = await middleman.connect(broker.url, SERVICE_KEY)
+        sub = await client.subscribe("bye.t")
+        await asyncio.get_running_loop().run_in_executor(None, broker.terminate)
+        with pytest.raises(middleman.ConnectionLost, match="close 1001 'going away'"):
+            await sub.get(WAIT)
+        await client.close()
+
+    run(scenario())

@@ -389,6 +389,9 @@ class Client:
         """Closes the connection (close frame 1000). Calls in flight fail with `ClientClosed`;
         subscriptions end."""
         self._closing = True
+        # Handlers first: one that is running holds a slot the reader may be waiting for.
+        for task in list(self._tasks):
+            task.cancel()
         ws = self._ws
         if ws is not None:
             await ws.close()
@@ -468,13 +471,15 @@ class Client:
         """Publishes to the connection `cid` alone (its private topic `MSG:<cid>`)."""
         await self.publish(f"MSG:{cid}", body, headers, confirm=confirm)
 
-    async def subscribe(self, topic: str) -> Subscription:
+    async def subscribe(self, topic: str, *, max_queue: Optional[int] = None) -> Subscription:
         """`SUB topic`; returns once the subscription is in effect (every later `PUB` from
         anyone reaches it), as an async iterator of `Message`. Raises `NotTrusted` (a client
-        without the service's `enable_subscribe`) or `Limit`."""
+        without the service's `enable_subscribe`) or `Limit`. `max_queue` overrides the
+        client's bound on unread messages for this iterator."""
+        self._require()
         # Registered before the SUB goes out: the reader may hand over messages for the topic
         # before this coroutine runs again after the barrier.
-        sub = Subscription(self, topic, self._max_queue)
+        sub = Subscription(self, topic, self._max_queue if max_queue is None else max_queue)
         self._subs.setdefault(topic, []).append(sub)
         try:
             await self._confirmed("SUB", topic, encode("SUB", topic))
@@ -492,6 +497,8 @@ class Client:
         every connection to), following the cid across reconnections. Sends nothing."""
         sub = Subscription(self, "MSG:", self._max_queue, private=True)
         self._inboxes.append(sub)
+        if self._reader is not None and self._reader.done():
+            sub._finish(self._ended)
         return sub
 
     async def unsubscribe(self, topic: str) -> None:
