@@ -450,6 +450,10 @@ class Client:
                 await ws.send(data, text=text)
                 await ws.send(barrier, text=True)
         except ConnectionClosed:
+            # The reader may have failed the waiting calls already; this one must not stay
+            # behind to take an error of the next connection.
+            if waiting in self._barriers:
+                self._barriers.remove(waiting)
             raise ConnectionLost(f"the connection to {self.url} ended") from None
         await waiting.future
 
