@@ -1,8 +1,9 @@
 //! Checks the examples in `docs/examples/`: the Python service answers the Python client, and
 //! the browser page (its `middleman.js`) completes its session against the same service.
-//! How: a real two-shard broker on 127.0.0.1:0, the Python programs as child processes, and
-//! the page served by a small file server in this test and loaded in headless Chromium, which
-//! the test reads over the DevTools protocol (`--dump-dom` does not wait for WebSocket traffic).
+//! How: a real two-shard broker on 127.0.0.1:0, the Python programs (on the client library in
+//! `clients/python`) as child processes, and the page served by a small file server in this
+//! test and loaded in headless Chromium, which the test reads over the DevTools protocol
+//! (`--dump-dom` does not wait for WebSocket traffic).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
