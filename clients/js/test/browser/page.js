@@ -1,0 +1,54 @@
+// The browser half of test/browser.test.js: the client scenario of test/client.test.js in a
+// real browser (native WebSocket, binary frames as ArrayBuffers), one line per step in #log.
+// The test's Node service grants Chat, answers Echo (upper case) and never answers Never.
+
+import { connect, ConnectionClosed, MiddlemanError, NotTrusted, Timeout } from "../../middleman.js";
+
+const log = document.getElementById("log");
+const show = (line) => (log.textContent += `${line}\n`);
+const describe = (error) =>
+  error instanceof MiddlemanError ? `${error.constructor.name} ${error.code}: ${error.text}` : `${error}`;
+
+async function expectError(what, promise, Class) {
+  try {
+    await promise;
+    show(`${what}: no error`);
+  } catch (error) {
+    show(`${what}: ${describe(error)}${error instanceof Class ? "" : " (wrong class)"}`);
+  }
+}
+
+async function main() {
+  const params = new URLSearchParams(location.search);
+  const url = params.get("url");
+  const mm = await connect(url, params.get("key"));
+  show(`cid: ${mm.cid}`);
+
+  const echo = await mm.request("Echo", ".dot\r\nline\n.\nend");
+  show(`echo: ${JSON.stringify(echo.body)} from ${echo.cid === params.get("service") ? "the service" : echo.cid}`);
+
+  const chat = await mm.subscribe("Chat");
+  await mm.publish("Chat", "..text\n.", { headers: [["Kind", "text"]] });
+  await mm.publish("Chat", new Uint8Array([0x2e, 0x0a, 0x2e, 0xff, 0x00]), { headers: [["Kind", "binary"]] });
+  for (let i = 0; i < 2; i++) {
+    const { value: m } = await chat.next();
+    const body = m.body instanceof Uint8Array ? `bytes [${[...m.body]}]` : JSON.stringify(m.body);
+    show(`chat: ${m.header("Kind")} ${m.binary ? "binary" : "text"} ${body} from ${m.cid === mm.cid ? "me" : m.cid}`);
+  }
+
+  await expectError("subscribe Secret", mm.subscribe("Secret"), NotTrusted);
+  await expectError("publish Secret", mm.publish("Secret", "x", { confirm: true }), NotTrusted);
+  await expectError("request Secret", mm.request("Secret", "x"), NotTrusted);
+  await expectError("request Never", mm.request("Never", "x", { timeout: 200 }), Timeout);
+  await expectError("bad key", connect(url, "wrong key"), ConnectionClosed);
+
+  const ending = mm.request("Never", "x");
+  await mm.close();
+  await expectError("after close", ending, ConnectionClosed);
+  show(`chat after close: ${(await chat.next()).done ? "ended" : "still open"}`);
+}
+
+main().then(
+  () => show("status: ok"),
+  (error) => show(`status: error: ${describe(error)}`),
+);
