@@ -23,17 +23,20 @@ export class Message {
   readonly cid: string | undefined;
   /** The sender's user id (`setUid`), "" when none. */
   readonly uid: string | undefined;
-  /** The first header called `name`, compared case-insensitively. */
+  /** The last header called `name`, compared case-insensitively (the broker's own headers
+   * come after the sender's). */
   header(name: string): string | undefined;
-  /** The body as text (a binary body decoded as UTF-8). */
-  text(): string;
+  /** The body as text (a binary body decoded as UTF-8, bad bytes replaced). */
+  readonly text: string;
 }
 
 /** Base class of every error of this library. */
 export class MiddlemanError extends Error {
   constructor(text: string, init?: { code?: string; command?: string; topic?: string });
-  /** The broker's `Code` (`not-trusted`, ...), or `connection-closed` / `protocol-error`. */
-  readonly code: string;
+  /** The wire code of the class (`not-trusted`, ...); undefined for connection errors. */
+  static readonly code: string | undefined;
+  /** The broker's `Code` (`not-trusted`, ...); undefined for errors of the connection. */
+  readonly code: string | undefined;
   /** The broker's error text, or the library's message. */
   readonly text: string;
   /** The command word and topic the error is about, when its text names them. */
@@ -49,23 +52,29 @@ export class NoConnection extends MiddlemanError {}
 export class UnknownCommand extends MiddlemanError {}
 export class Malformed extends MiddlemanError {}
 export class Limit extends MiddlemanError {}
-/** The connection ended (or the login failed) before the call could complete. */
-export class ConnectionClosed extends MiddlemanError {
+/** The connection ended while the call was in flight, or is down (reconnecting). */
+export class ConnectionLost extends MiddlemanError {
   constructor(text: string, init?: { closeCode?: number; reason?: string });
-  /** The WebSocket close code, when there was one (1008 with reason `bad key` for a refused key). */
+  /** The WebSocket close code and reason (1001 `going away` when the broker shuts down). */
+  readonly closeCode: number | undefined;
+  readonly reason: string | undefined;
+}
+/** The client was closed with `close()`. */
+export class ClientClosed extends ConnectionLost {}
+/** The broker refused the key (close 1008 `bad key`) or did not answer the login. */
+export class LoginRefused extends MiddlemanError {
+  constructor(text: string, init?: { closeCode?: number; reason?: string });
   readonly closeCode: number | undefined;
   readonly reason: string | undefined;
 }
 /** The broker sent something that is not a middleman message. */
-export class ProtocolError extends MiddlemanError {
-  constructor(text: string);
-}
+export class ProtocolError extends MiddlemanError {}
 
 /** The error class of each wire code. */
-export const ERROR_CLASSES: Readonly<Record<string, typeof MiddlemanError>>;
+export const WIRE_ERRORS: Readonly<Record<string, typeof MiddlemanError>>;
 
-/** The error object for a `PUB ERROR` message. */
-export function errorFromMessage(message: Message): MiddlemanError;
+/** The error object for a `PUB ERROR` message (a plain MiddlemanError for an unknown code). */
+export function wireError(message: Message): MiddlemanError;
 
 /** The wire bytes of one message (CRLF lines, dot-stuffed byte-exact body, `.` line). */
 export function encode(command: string, topic: string, headers?: Header[], body?: Body): Uint8Array;
@@ -73,21 +82,15 @@ export function encode(command: string, topic: string, headers?: Header[], body?
 /** Every message in one WebSocket message: a string (text frame) or bytes (binary frame). */
 export function decode(data: string | Uint8Array | ArrayBuffer | ArrayBufferView): Message[];
 
-/** Backoff of `reconnect`, in milliseconds. */
-export interface ReconnectOptions {
-  /** First delay (100). */
-  initialDelay?: number;
-  /** Largest delay (5000). */
-  maxDelay?: number;
-  /** Growth per failed attempt (2). */
-  factor?: number;
-  /** Attempts before giving up and closing (Infinity). */
-  maxAttempts?: number;
-}
-
 export interface ConnectOptions {
   /** Reconnect with backoff when the connection drops (off by default). */
-  reconnect?: boolean | ReconnectOptions;
+  reconnect?: boolean;
+  /** First delay before a reconnection attempt, in ms (100); doubles per failure. */
+  backoff?: number;
+  /** Largest delay between attempts, in ms (5000). */
+  maxBackoff?: number;
+  /** Requests `serve` handlers may work on at once (64). */
+  maxHandlers?: number;
   /** Broker errors no call waits for (default: console.warn). */
   onError?: (error: MiddlemanError) => void;
   /** Called after a reconnect restored the grants, registrations and subscriptions. */
@@ -96,8 +99,9 @@ export interface ConnectOptions {
   onClose?: (error: MiddlemanError | undefined) => void;
   /** How long the login may take, in ms (10000). */
   loginTimeout?: number;
-  /** Messages a subscription queues before it drops the oldest (10000). */
-  maxQueued?: number;
+  /** Unread messages a subscription keeps before it drops newer ones, and requests waiting
+   * for a handler before they are answered `Error: Busy` (1000). */
+  maxQueue?: number;
   /** A WebSocket constructor to use instead of the global one or the `ws` package. */
   WebSocket?: unknown;
 }
@@ -109,13 +113,20 @@ export interface SendOptions {
 }
 
 export interface PublishOptions extends SendOptions {
-  /** Resolve once the broker has handled it, rejecting with its error (a round trip). */
+  /** Resolve once the broker has handled it, rejecting with its error (true); with false,
+   * resolve once sent, and errors go to `onError`. */
   confirm?: boolean;
 }
 
 export interface RequestOptions extends SendOptions {
-  /** Reject with `Timeout` after this many ms (default: wait for the broker's own timeout). */
-  timeout?: number;
+  /** Reject with `Timeout` after this many ms (60000; null or Infinity: never). */
+  timeout?: number | null;
+}
+
+export interface CommandOptions {
+  headers?: Header[];
+  body?: Body;
+  binary?: boolean;
 }
 
 /** What a `serve` handler returns: the response body, or a body with headers. */
@@ -125,9 +136,11 @@ export type Answer = Body | { body?: Body; headers?: Header[] } | undefined | nu
 export class Subscription implements AsyncIterableIterator<Message> {
   readonly client: Client;
   readonly topic: string;
-  /** Messages dropped because the queue was full. */
+  /** Messages dropped because `maxQueue` were unread. */
   readonly dropped: number;
   next(): Promise<IteratorResult<Message, undefined>>;
+  /** The next message; rejects with `Timeout` after `timeout` ms, or once it has ended. */
+  get(timeout?: number): Promise<Message>;
   return(): Promise<IteratorResult<Message, undefined>>;
   /** Ends this subscription (and sends `UNS` once no other one of the client has the topic). */
   close(): Promise<void>;
@@ -136,10 +149,13 @@ export class Subscription implements AsyncIterableIterator<Message> {
 
 export class Client {
   readonly url: string;
-  /** This connection's id (a reconnect gets a new one). */
+  /** This connection's id (a new one after each reconnection). */
   readonly cid: string;
+  /** Whether it is logged in now (false while reconnecting and after close). */
+  readonly connected: boolean;
   /** Resolves once the client is closed for good: with the error, or undefined after `close()`. */
   readonly closed: Promise<MiddlemanError | undefined>;
+  waitClosed(): Promise<MiddlemanError | undefined>;
   onError: (error: MiddlemanError) => void;
   onReconnect: ((client: Client) => void) | null;
   onClose: ((error: MiddlemanError | undefined) => void) | null;
@@ -148,6 +164,8 @@ export class Client {
   /** `PUB MSG:<cid>`. */
   sendTo(cid: string, body?: Body, options?: PublishOptions): Promise<void>;
   subscribe(topic: string): Promise<Subscription>;
+  /** The messages sent to this connection (`MSG:<cid>`), across reconnections. */
+  inbox(): Subscription;
   unsubscribe(topic: string): Promise<void>;
   request(topic: string, body?: Body, options?: RequestOptions): Promise<Message>;
   /** Resolves once the broker has handled everything sent before. */
@@ -158,6 +176,8 @@ export class Client {
   serve(topic: string, handler: (request: Message) => Answer | Promise<Answer>): Promise<void>;
   setUid(cid: string, uid: string): Promise<void>;
 
+  /** Any command, confirmed like `publish` (unknown words get `UnknownCommand`). */
+  command(command: string, target: string, options?: CommandOptions): Promise<void>;
   /** Sends a raw WebSocket message (tools and tests). */
   sendRaw(data: string | Uint8Array): void;
   close(): Promise<MiddlemanError | undefined>;

@@ -4,10 +4,11 @@
 // What it is: `connect(url, key)` logs in and gives a `Client` that publishes, subscribes
 // (async iterators), makes requests (Promises matched to their answers by `ReqID`) and, with a
 // service key, grants topics to clients and answers requests (`serve`). The wire format is
-// docs/PROTOCOL.md; `encode` and `decode` are exported for tests and tools.
+// docs/PROTOCOL.md; `encode` and `decode` are exported for tests and tools. The API is the
+// Python client's (clients/python), in camelCase, with milliseconds for times.
 //
 // What it is not: a queue. Delivery is at most once, as the broker's; nothing is stored while
-// the connection is down, and calls made then reject with `ConnectionClosed`.
+// the connection is down, and calls made then reject with `ConnectionLost`.
 //
 // Invariants:
 // - Bodies are byte-exact: `decode(encode(m))` gives back the body that was passed, as a
@@ -15,19 +16,25 @@
 //   (sent in a binary frame), whatever its line endings and dots.
 // - Every protocol message goes out in a WebSocket message of its own, so that a malformed
 //   one can only cost itself (the broker skips the rest of a WebSocket message after an error).
+// - Errors reach the call that caused them. A request carries a `ReqID`, which the broker puts
+//   on its errors. A command without an id is followed by a probe (see `sync`); the broker
+//   handles a connection's messages in order and answers in that order, so an error that
+//   arrives before the probe's answer belongs to the oldest waiting call whose command word
+//   and topic the error text names (a `malformed` one, which names none, to the oldest
+//   waiting call). When the probe's answer comes, every call before it succeeded.
 // - A call that waits for the broker settles exactly once: with its answer, with the broker's
-//   error, or with `ConnectionClosed` when the connection ends first. Nothing hangs on a dead
-//   connection.
+//   error, or with `ConnectionLost` when the connection ends first. Nothing hangs on a dead
+//   connection, and every queue has a bound (`maxQueue`, `maxHandlers`).
 
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/** Base class of every error this library raises. `code` is the broker's `Code` header
- * (`not-trusted`, ...) or, for errors of the library itself, `connection-closed`. */
+/** Base class of every error this library raises for the broker or the connection. `code` is
+ * the broker's `Code` header (`not-trusted`, ...), undefined for errors of the connection. */
 export class MiddlemanError extends Error {
-  constructor(text, { code = "error", command, topic } = {}) {
-    super(text);
+  constructor(text, { code = new.target.code, command, topic } = {}) {
+    super(code ? `${code}: ${text}` : text);
     this.name = new.target.name;
     this.code = code;
     /** The broker's error text (`Not trusted PUB T`), or the library's message. */
@@ -38,42 +45,69 @@ export class MiddlemanError extends Error {
   }
 }
 
+// One class per wire code (docs/PROTOCOL.md §6), which is its static `code`.
 /** `not-trusted`: a client used a topic no service granted, or a service-only command. */
-export class NotTrusted extends MiddlemanError {}
+export class NotTrusted extends MiddlemanError {
+  static code = "not-trusted";
+}
 /** `no-responder`: nobody has registered (`serve`, `EREQ`) for the request's topic. */
-export class NoResponder extends MiddlemanError {}
-/** `responder-lost`: the responder went away before answering. */
-export class ResponderLost extends MiddlemanError {}
+export class NoResponder extends MiddlemanError {
+  static code = "no-responder";
+}
+/** `responder-lost`: the responder went away (or fell behind) before answering. */
+export class ResponderLost extends MiddlemanError {
+  static code = "responder-lost";
+}
 /** `timeout`: no answer within the broker's `--request-timeout`, or the call's `timeout`. */
-export class Timeout extends MiddlemanError {}
+export class Timeout extends MiddlemanError {
+  static code = "timeout";
+}
 /** `no-request`: a response for a request the broker does not (or no longer) know. */
-export class NoRequest extends MiddlemanError {}
+export class NoRequest extends MiddlemanError {
+  static code = "no-request";
+}
 /** `no-connection`: `setUid` for a connection id the broker does not know. */
-export class NoConnection extends MiddlemanError {}
-/** `unknown-command`: a command word the broker does not know. */
-export class UnknownCommand extends MiddlemanError {}
-/** `malformed`: the broker could not parse a message (a topic over `--max-topic-bytes`, ...). */
-export class Malformed extends MiddlemanError {}
+export class NoConnection extends MiddlemanError {
+  static code = "no-connection";
+}
+/** `unknown-command`: a command word the broker does not know (only via `command`). */
+export class UnknownCommand extends MiddlemanError {
+  static code = "unknown-command";
+}
+/** `malformed`: the broker could not parse a message (a topic over `--max-topic-bytes`, more
+ * headers than `--max-headers`, ...). */
+export class Malformed extends MiddlemanError {
+  static code = "malformed";
+}
 /** `limit`: a per-connection limit (subscriptions, pending requests) was reached. */
-export class Limit extends MiddlemanError {}
-/** The connection ended (or never logged in) before the call could complete. `closeCode` and
- * `reason` are the WebSocket close code and reason, when there was a close frame. */
-export class ConnectionClosed extends MiddlemanError {
+export class Limit extends MiddlemanError {
+  static code = "limit";
+}
+
+/** The connection ended while the call was in flight, or is down (reconnecting). `closeCode`
+ * and `reason` are the WebSocket close code and reason. */
+export class ConnectionLost extends MiddlemanError {
   constructor(text, { closeCode, reason } = {}) {
-    super(text, { code: "connection-closed" });
+    super(text);
+    this.closeCode = closeCode;
+    this.reason = reason;
+  }
+}
+/** The client was closed with `close()`. */
+export class ClientClosed extends ConnectionLost {}
+/** The broker refused the key (close 1008 `bad key`) or did not answer the login. */
+export class LoginRefused extends MiddlemanError {
+  constructor(text, { closeCode, reason } = {}) {
+    super(text);
     this.closeCode = closeCode;
     this.reason = reason;
   }
 }
 /** What the broker sent is not a middleman message (a bug on one side or the other). */
-export class ProtocolError extends MiddlemanError {
-  constructor(text) {
-    super(text, { code: "protocol-error" });
-  }
-}
+export class ProtocolError extends MiddlemanError {}
 
 /** The error class of each wire code (docs/PROTOCOL.md §6). */
-export const ERROR_CLASSES = Object.freeze({
+export const WIRE_ERRORS = Object.freeze({
   "not-trusted": NotTrusted,
   "no-responder": NoResponder,
   "responder-lost": ResponderLost,
@@ -97,10 +131,11 @@ const ERROR_SUBJECTS = [
   /^Limit reached: (?:subscriptions|pending requests) (\S+) (.*)$/s,
 ];
 
-/** The error object for a `PUB ERROR` message from the broker. */
-export function errorFromMessage(message) {
-  const code = message.header("Code") ?? "error";
-  const text = bodyText(message.body).replace(/\r?\n$/, "");
+/** The error object for a `PUB ERROR` message from the broker; an unknown code (a newer
+ * broker's) gives a plain `MiddlemanError` with that code. */
+export function wireError(message) {
+  const code = message.header("Code");
+  const text = message.text;
   let command;
   let topic;
   for (const pattern of ERROR_SUBJECTS) {
@@ -110,11 +145,10 @@ export function errorFromMessage(message) {
       break;
     }
   }
-  const Class = ERROR_CLASSES[code] ?? MiddlemanError;
+  const Class = WIRE_ERRORS[code] ?? MiddlemanError;
   return new Class(text, { code, command, topic });
 }
 
-// ---------------------------------------------------------------------------------------------
 // Encoding (docs/PROTOCOL.md §3)
 // ---------------------------------------------------------------------------------------------
 
@@ -142,11 +176,13 @@ export class Message {
     this.binary = binary;
   }
 
-  /** The first header called `name` (compared case-insensitively, as the broker does). */
+  /** The last header called `name` (compared case-insensitively, as the broker does): the
+   * last, because the broker puts the headers it vouches for (`Cid`, `Uid`, `Rid`, `ReqID` on
+   * a response) after the sender's. */
   header(name) {
     const wanted = name.toLowerCase();
-    for (const [key, value] of this.headers) {
-      if (key.toLowerCase() === wanted) return value;
+    for (let i = this.headers.length - 1; i >= 0; i--) {
+      if (this.headers[i][0].toLowerCase() === wanted) return this.headers[i][1];
     }
     return undefined;
   }
@@ -161,14 +197,10 @@ export class Message {
     return this.header("Uid");
   }
 
-  /** The body as text, decoding a binary body as UTF-8. */
-  text() {
-    return bodyText(this.body);
+  /** The body as text (a binary body decoded as UTF-8, bad bytes replaced). */
+  get text() {
+    return typeof this.body === "string" ? this.body : fromUtf8.decode(this.body);
   }
-}
-
-function bodyText(body) {
-  return typeof body === "string" ? body : fromUtf8.decode(body);
 }
 
 function checkLine(what, value) {
@@ -308,16 +340,19 @@ export function decode(data) {
 // ---------------------------------------------------------------------------------------------
 
 /**
- * The messages of one `subscribe`, as an async iterator. Messages that arrive faster than the
- * loop takes them wait in a queue of at most `maxQueued`; past that the oldest is dropped and
- * counted in `dropped` (the broker itself drops or disconnects slow consumers the same way).
+ * The messages of one `subscribe` (or of `inbox`), as an async iterator. At most `maxQueue`
+ * unread messages wait; newer ones are dropped and counted in `dropped` (the broker likewise
+ * drops or disconnects a slow consumer rather than let it hold anyone up). It ends after
+ * `close()`, `unsubscribe` or `Client.close()`, and rejects with `ConnectionLost` once the
+ * connection dropped for good; with `reconnect` it lives on across reconnections.
  */
 export class Subscription {
-  constructor(client, topic, maxQueued) {
+  constructor(client, topic, maxQueue, inbox = false) {
     this.client = client;
     this.topic = topic;
     this.dropped = 0;
-    this._maxQueued = maxQueued;
+    this._inbox = inbox;
+    this._max = maxQueue;
     this._queue = [];
     this._waiters = [];
     this._done = false;
@@ -328,9 +363,9 @@ export class Subscription {
     if (this._done) return;
     const waiter = this._waiters.shift();
     if (waiter) return waiter.resolve({ value: message, done: false });
-    if (this._queue.length >= this._maxQueued) {
-      this._queue.shift();
+    if (this._queue.length >= this._max) {
       this.dropped++;
+      return;
     }
     this._queue.push(message);
   }
@@ -349,17 +384,28 @@ export class Subscription {
   next() {
     if (this._queue.length > 0) return Promise.resolve({ value: this._queue.shift(), done: false });
     if (this._done) {
-      if (this._error) {
-        const error = this._error;
-        this._error = undefined; // reported once; later calls just see the end
-        return Promise.reject(error);
-      }
-      return Promise.resolve({ value: undefined, done: true });
+      // Every later call ends the same way.
+      return this._error ? Promise.reject(this._error) : Promise.resolve({ value: undefined, done: true });
     }
     return new Promise((resolve, reject) => this._waiters.push({ resolve, reject }));
   }
 
-  /** Stops this subscription (`UNS` once no other subscription of the client has the topic). */
+  /** The next message, or a `Timeout` rejection after `timeout` ms. */
+  async get(timeout) {
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Timeout(`no message on ${this.topic} within ${timeout} ms`)), timeout);
+    });
+    try {
+      const { value, done } = await (timeout === undefined ? this.next() : Promise.race([this.next(), late]));
+      if (done) throw new MiddlemanError(`the subscription to ${this.topic} has ended`);
+      return value;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Ends this subscription; the last one of the client for its topic also sends `UNS`. */
   async close() {
     if (this._done) return;
     this._end();
@@ -368,7 +414,7 @@ export class Subscription {
       await this.client._dropSubscription(this);
     } catch (error) {
       // A connection that is gone has no subscription left to undo.
-      if (!(error instanceof ConnectionClosed)) throw error;
+      if (!(error instanceof ConnectionLost)) throw error;
     }
   }
 
@@ -385,8 +431,6 @@ export class Subscription {
 // ---------------------------------------------------------------------------------------------
 // The client
 // ---------------------------------------------------------------------------------------------
-
-const DEFAULT_BACKOFF = { initialDelay: 100, maxDelay: 5000, factor: 2, maxAttempts: Infinity };
 
 /** The WebSocket constructor: the platform's, else the `ws` package (Node without one). */
 async function webSocketClass(given) {
@@ -406,7 +450,7 @@ async function webSocketClass(given) {
 
 /**
  * Opens a WebSocket to `url`, sends `key`, and resolves with the logged-in `Client` once the
- * broker has answered `MM OK` and the connection id. Rejects with `ConnectionClosed` (reason
+ * broker has answered `MM OK` and the connection id. Rejects with `LoginRefused` (reason
  * `bad key` for a refused key) when the login fails.
  */
 export async function connect(url, key, options = {}) {
@@ -416,41 +460,55 @@ export async function connect(url, key, options = {}) {
   return client;
 }
 
+const closeText = (event) => (event.reason ? `${event.reason} (${event.code})` : `close code ${event.code}`);
+
 export class Client {
   constructor(url, key, options, WebSocketClass) {
     this.url = url;
-    /** This connection's id; a reconnect gets a new one. */
+    /** This connection's id; a new one after each reconnection. */
     this.cid = undefined;
-    /** Called with every broker error no call is waiting for (see docs/CLIENTS.md). */
+    /** Called with every broker error no call is waiting for (default: console.warn). */
     this.onError = options.onError ?? ((error) => console.warn(`middleman: ${error.message}`));
-    /** Called after a reconnect has re-subscribed, re-granted and re-registered. */
+    /** Called after a reconnection has re-granted, re-registered and re-subscribed. */
     this.onReconnect = options.onReconnect ?? null;
-    /** Called once when the client is closed for good (`error` unless `close()` did it). */
+    /** Called once when the client is closed for good (with the error, unless `close()`). */
     this.onClose = options.onClose ?? null;
     this._key = key;
     this._WebSocket = WebSocketClass;
+    this._reconnect = options.reconnect ?? false;
+    this._backoff = options.backoff ?? 100;
+    this._maxBackoff = options.maxBackoff ?? 5000;
+    this._maxQueue = options.maxQueue ?? 1000;
+    this._maxHandlers = options.maxHandlers ?? 64;
     this._loginTimeout = options.loginTimeout ?? 10000;
-    this._maxQueued = options.maxQueued ?? 10000;
-    this._backoff =
-      options.reconnect === true
-        ? { ...DEFAULT_BACKOFF }
-        : options.reconnect
-          ? { ...DEFAULT_BACKOFF, ...options.reconnect }
-          : null;
     this._ws = null;
     this._open_ = false; // logged in and usable
-    this._closing = false; // close() was called
+    this._closing = false; // close() was called, or the client gave up
+    this._generation = 0; // one more per connection, so that late answers can tell
     this._ids = 0;
     this._idPrefix = `js${Math.floor(Math.random() * 0x100000000).toString(36)}`;
-    this._requests = new Map(); // ReqID -> {resolve, reject, timer, topic}
+    this._requests = new Map(); // ReqID -> {resolve, reject, timer}
     // In send order: calls waiting for the broker ({command, topic, resolve, reject}), sync()
     // waiters ({resolve, reject}) and the probes sent for them ({probe, command, topic}).
-    this._unconfirmed = [];
+    this._waiting = [];
     this._subscriptions = new Map(); // topic -> Set<Subscription>
+    this._inboxes = new Set(); // Subscriptions of inbox()
     this._handlers = new Map(); // topic -> handler of `serve`
-    this._granted = { EPUB: new Set(), ESUB: new Set() }; // re-sent after a reconnect
-    this._reconnecting = null;
+    this._running = 0; // handlers running now (at most maxHandlers)
+    this._queued = []; // requests waiting for a handler slot (at most maxQueue)
+    this._controls = new Map(); // "EPUB topic" -> [command, topic], replayed on reconnection
     this.closed = new Promise((resolve) => (this._closedResolve = resolve));
+  }
+
+  /** Whether the client is logged in now (false while reconnecting and after close). */
+  get connected() {
+    return this._open_;
+  }
+
+  /** Resolves once the client is closed for good: with the error that ended it, or with
+   * undefined after `close()`. */
+  waitClosed() {
+    return this.closed;
   }
 
   // ------------------------------------------------------------------------------- lifecycle
@@ -460,6 +518,7 @@ export class Client {
     return new Promise((resolve, reject) => {
       let stage = "key";
       let settled = false;
+      let ws;
       const fail = (error) => {
         if (settled) return;
         settled = true;
@@ -471,17 +530,17 @@ export class Client {
         }
         reject(error);
       };
-      let ws;
+      const timer = setTimeout(
+        () => fail(new LoginRefused(`no answer to the key within ${this._loginTimeout} ms`)),
+        this._loginTimeout,
+      );
       try {
         ws = new this._WebSocket(this.url);
       } catch (error) {
-        reject(new ConnectionClosed(`cannot open ${this.url}: ${error.message}`));
+        clearTimeout(timer);
+        reject(new LoginRefused(`cannot open ${this.url}: ${error.message}`));
         return;
       }
-      const timer = setTimeout(
-        () => fail(new ConnectionClosed(`no login answer within ${this._loginTimeout} ms`)),
-        this._loginTimeout,
-      );
       ws.binaryType = "arraybuffer";
       this._ws = ws;
       ws.onopen = () => ws.send(this._key);
@@ -490,24 +549,25 @@ export class Client {
         if (stage === "open") return this._receive(event.data);
         const text = typeof event.data === "string" ? event.data : fromUtf8.decode(event.data);
         if (stage === "key") {
-          if (text !== "MM OK") fail(new ProtocolError(`expected "MM OK" after the key, got ${JSON.stringify(text)}`));
+          if (text !== "MM OK") fail(new LoginRefused(`expected "MM OK" after the key, got ${JSON.stringify(text)}`));
           stage = "cid";
         } else if (stage === "cid") {
           stage = "open";
           settled = true;
           clearTimeout(timer);
           this.cid = text;
+          this._generation++;
           this._open_ = true;
           resolve(text);
         }
       };
       ws.onclose = (event) => {
         if (stage !== "open") {
-          const why = event.reason ? `${event.reason} (${event.code})` : `close code ${event.code}`;
-          fail(new ConnectionClosed(`login refused: ${why}`, { closeCode: event.code, reason: event.reason }));
-          return;
+          const { code: closeCode, reason } = event;
+          fail(new LoginRefused(`login refused: ${closeText(event)}`, { closeCode, reason }));
+        } else if (this._ws === ws) {
+          this._lost(event);
         }
-        if (this._ws === ws) this._lost(event);
       };
     });
   }
@@ -515,14 +575,13 @@ export class Client {
   /** The connection ended under us: fail what waits, then reconnect or close for good. */
   _lost(event) {
     this._open_ = false;
-    const why = event.reason ? `${event.reason} (${event.code})` : `close code ${event.code}`;
-    const error = new ConnectionClosed(
-      this._closing ? "the client was closed" : `connection lost: ${why}`,
-      { closeCode: event.code, reason: event.reason },
-    );
+    const { code: closeCode, reason } = event;
+    const error = this._closing
+      ? new ClientClosed("the client was closed", { closeCode, reason })
+      : new ConnectionLost(`the connection to ${this.url} ended: ${closeText(event)}`, { closeCode, reason });
     this._failWaiting(error);
-    if (this._closing || !this._backoff) return this._finish(this._closing ? undefined : error);
-    this._reconnecting = this._reconnect();
+    if (this._closing || !this._reconnect) return this._finish(this._closing ? undefined : error);
+    this._reconnectLoop();
   }
 
   _failWaiting(error) {
@@ -531,93 +590,88 @@ export class Client {
       request.reject(error);
     }
     this._requests.clear();
-    for (const entry of this._unconfirmed.splice(0)) {
-      if (entry.reject) entry.reject(error);
-    }
+    for (const entry of this._waiting.splice(0)) entry.reject(error);
+    this._queued.length = 0; // their requesters get responder-lost from the broker
   }
 
   _finish(error) {
     this._closing = true;
-    for (const subscriptions of this._subscriptions.values()) {
-      for (const subscription of subscriptions) subscription._end(error);
+    for (const subscription of [...this._inboxes, ...[...this._subscriptions.values()].flatMap((s) => [...s])]) {
+      subscription._end(error);
     }
     this._subscriptions.clear();
+    this._inboxes.clear();
     if (this.onClose) this.onClose(error);
     this._closedResolve(error);
   }
 
-  async _reconnect() {
-    const { initialDelay, maxDelay, factor, maxAttempts } = this._backoff;
-    let delay = initialDelay;
-    for (let attempt = 1; attempt <= maxAttempts && !this._closing; attempt++) {
-      // Jitter spreads the reconnects of many clients after a broker restart.
+  async _reconnectLoop() {
+    let delay = this._backoff;
+    while (!this._closing) {
+      // Jitter spreads the reconnections of many clients after a broker restart.
       await new Promise((resolve) => setTimeout(resolve, delay * (0.5 + Math.random() / 2)));
       if (this._closing) return;
       try {
         await this._open();
       } catch {
-        delay = Math.min(delay * factor, maxDelay);
+        delay = Math.min(delay * 2, this._maxBackoff);
         continue;
       }
       if (this._closing) {
         this._ws.close(1000); // close() came while this attempt was logging in
         return;
       }
+      const generation = this._generation;
       try {
-        await this._restore();
+        await this._restore(generation);
       } catch (error) {
-        if (!this._open_) return; // lost again while restoring: that loss reconnects anew
-        this.onError(error);
+        if (!(error instanceof ConnectionLost)) this.onError(error);
+        return; // lost again while restoring: that loss reconnects anew
       }
-      this._reconnecting = null;
-      if (this.onReconnect) this.onReconnect(this);
+      if (generation === this._generation && this.onReconnect) this.onReconnect(this);
       return;
     }
-    if (!this._closing) this._finish(new ConnectionClosed(`could not reconnect to ${this.url}`));
   }
 
   /**
-   * After a reconnect: the grants, the responder registrations and the subscriptions again.
-   * A subscription the broker refuses with `NotTrusted` (its service has not granted it again
-   * yet, after a broker restart) is retried with the backoff until it is in effect or closed.
+   * After a reconnection: the grants and responder registrations, then the subscriptions,
+   * each confirmed. What the broker refuses is retried with the backoff until it works: a
+   * restarted broker has forgotten the grants that a client's subscriptions need until their
+   * service has made them again.
    */
-  async _restore() {
-    for (const [command, topics] of Object.entries(this._granted)) {
-      for (const topic of topics) this._sendNow(encode(command, topic), false);
-    }
-    for (const topic of this._handlers.keys()) this._sendNow(encode("EREQ", topic), false);
-    await this.sync(); // errors of the above (none for a service) go to onError
-    let topics = [...this._subscriptions.keys()];
-    let delay = this._backoff.initialDelay;
-    while (topics.length > 0) {
+  async _restore(generation) {
+    let wanted = [...this._controls.values(), ...[...this._subscriptions.keys()].map((t) => ["SUB", t])];
+    let delay = this._backoff;
+    while (wanted.length > 0) {
       const results = await Promise.allSettled(
-        topics.map((topic) => this._send("SUB", topic, [], "", { confirm: true })),
+        wanted.map(([command, topic]) => this._send(command, topic, [], "", { confirm: true })),
       );
-      const refused = [];
-      results.forEach((result, i) => {
-        if (result.status === "fulfilled" || !this._subscriptions.has(topics[i])) return;
-        if (result.reason instanceof ConnectionClosed) throw result.reason;
-        if (result.reason instanceof NotTrusted) refused.push(topics[i]);
-        else this.onError(result.reason);
-      });
-      topics = refused;
-      if (topics.length === 0) break;
+      const lost = results.find((r) => r.status === "rejected" && r.reason instanceof ConnectionLost);
+      if (lost) throw lost.reason;
+      // Retry the refused ones that are still wanted (a subscription may have been closed).
+      wanted = wanted.filter(
+        ([command, topic], i) =>
+          results[i].status === "rejected" &&
+          (command === "SUB" ? this._subscriptions.has(topic) : this._controls.has(`${command} ${topic}`)),
+      );
+      if (wanted.length === 0) return;
       await new Promise((resolve) => setTimeout(resolve, delay));
-      delay = Math.min(delay * this._backoff.factor, this._backoff.maxDelay);
-      this._checkOpen();
+      delay = Math.min(delay * 2, this._maxBackoff);
+      if (generation !== this._generation || !this._open_) {
+        throw new ConnectionLost(`the connection to ${this.url} ended while restoring`);
+      }
     }
   }
 
-  /** Closes the connection (and stops reconnecting). Waiting calls reject with
-   * `ConnectionClosed`; subscriptions end. Resolves once closed. */
+  /** Closes the connection (and stops reconnecting). Waiting calls reject with `ClientClosed`;
+   * subscriptions end. Resolves once closed. */
   async close() {
     if (this._closing) return this.closed;
     this._closing = true;
-    const ws = this._ws;
-    if (this._open_ && ws) {
-      ws.close(1000);
+    if (this._open_) {
+      this._ws.close(1000);
     } else {
-      this._failWaiting(new ConnectionClosed("the client was closed"));
+      this._failWaiting(new ClientClosed("the client was closed"));
       this._finish(undefined);
     }
     return this.closed;
@@ -626,63 +680,54 @@ export class Client {
   // --------------------------------------------------------------------------------- sending
 
   _checkOpen() {
-    if (!this._open_) {
-      const why = this._closing ? "the client was closed" : "not connected (reconnecting)";
-      throw new ConnectionClosed(why);
-    }
+    if (this._open_) return;
+    if (this._closing) throw new ClientClosed("the client was closed");
+    throw new ConnectionLost(`not connected to ${this.url} (reconnecting)`);
   }
 
-  _sendNow(bytes, binary) {
-    // A text frame carries the same bytes as a string (they are valid UTF-8: encode() made
-    // them from strings, or the caller asked for text).
-    this._ws.send(binary ? bytes : fromUtf8.decode(bytes));
-  }
-
-  /** Encodes and sends one message; throws when it cannot. */
+  /** Encodes and sends one message, in a WebSocket message of its own; throws when it cannot. */
   _write(command, topic, headers, body, binary) {
     const bytes = encode(command, topic, headers, body);
     this._checkOpen();
-    this._sendNow(bytes, binary ?? typeof body !== "string");
+    // A text frame carries the same bytes as a string: valid UTF-8, as encode() made them
+    // from strings (or the caller asked for a text frame).
+    this._ws.send((binary ?? typeof body !== "string") ? bytes : fromUtf8.decode(bytes));
   }
 
-  /** Sends one message; with `confirm`, resolves once the broker has handled it (or rejects
-   * with its error for it). Never throws: every failure is a rejection. */
+  /** Sends one message; with `confirm`, resolves once the broker has handled it, or rejects
+   * with its error for it. Every failure is a rejection. */
   async _send(command, topic, headers, body, { binary, confirm } = {}) {
     this._write(command, topic, headers, body, binary);
     if (!confirm) return;
     await new Promise((resolve, reject) => {
-      this._unconfirmed.push({ command, topic, resolve, reject });
+      this._waiting.push({ command, topic, resolve, reject });
       this._probe();
     });
   }
 
   /**
-   * A round trip: resolves once the broker has handled everything sent before, so it is in
-   * effect on every shard (docs/PROTOCOL.md §4). The probe is a `PUB` to this connection's own
-   * `MSG:<cid>`: a service gets it back, a client gets `not-trusted` for it; either answer
-   * comes after the broker's replies to everything sent earlier.
+   * A round trip: resolves once the broker has handled everything sent before, which is then
+   * in effect on every shard (docs/PROTOCOL.md §4).
    */
   async sync() {
     this._checkOpen();
     await new Promise((resolve, reject) => {
-      this._unconfirmed.push({ resolve, reject });
+      this._waiting.push({ resolve, reject });
       this._probe();
     });
   }
 
+  /**
+   * Sends a probe behind the last waiting call: a `PUB` to this connection's own `MSG:<cid>`
+   * with an `Mm-Sync` header. A service gets it back, a client gets `not-trusted` for it;
+   * either answer comes after the broker's replies to everything sent earlier. One probe per
+   * call, so that between two probe answers at most one call can have caused an error.
+   */
   _probe() {
-    // One probe answers every call sent before it: several calls in one tick share it.
-    if (this._probeQueued) return;
-    this._probeQueued = true;
-    queueMicrotask(() => {
-      this._probeQueued = false;
-      const last = this._unconfirmed.at(-1);
-      if (!this._open_ || !last || last.probe !== undefined) return;
-      const token = this._nextId();
-      const topic = `MSG:${this.cid}`;
-      this._unconfirmed.push({ command: "PUB", topic, probe: token, resolve() {}, reject() {} });
-      this._sendNow(encode("PUB", topic, [["Mm-Sync", token]]), false);
-    });
+    const token = this._nextId();
+    const topic = `MSG:${this.cid}`;
+    this._waiting.push({ command: "PUB", topic, probe: token, resolve() {}, reject() {} });
+    this._write("PUB", topic, [["Mm-Sync", token]], "", false);
   }
 
   _nextId() {
@@ -690,35 +735,35 @@ export class Client {
   }
 
   /**
-   * `PUB topic`. Resolves once sent; with `confirm: true`, once the broker has handled it,
-   * rejecting with its error (`NotTrusted` for a client without the grant). Without `confirm`
-   * such an error goes to `onError`.
+   * `PUB topic`: a string body goes in a text frame, bytes in a binary one (or `binary: true`).
+   * Resolves once the broker has handled it, rejecting with its error (`NotTrusted` for a
+   * client without the grant, `Malformed`); with `confirm: false`, once sent, and an error
+   * goes to `onError`.
    */
-  publish(topic, body = "", options = {}) {
-    return this._send("PUB", topic, options.headers ?? [], body, options);
+  publish(topic, body = "", { headers = [], binary, confirm = true } = {}) {
+    return this._send("PUB", topic, headers, body, { binary, confirm });
   }
 
-  /** `PUB MSG:<cid>`: a message to one connection. */
+  /** Publishes to the connection `cid` alone (its private topic `MSG:<cid>`). */
   sendTo(cid, body = "", options = {}) {
     return this.publish(`MSG:${cid}`, body, options);
   }
 
   /**
-   * `SUB topic`; resolves with a `Subscription` once the subscription is in effect (a later
-   * `PUB` by anyone reaches it), or rejects with `NotTrusted` or `Limit`.
+   * `SUB topic`; resolves with a `Subscription` once it is in effect (a later `PUB` by anyone
+   * reaches it), or rejects with `NotTrusted` (a client without `enableSubscribe`) or `Limit`.
    */
   async subscribe(topic) {
-    const subscription = new Subscription(this, topic, this._maxQueued);
+    // Registered before the SUB goes out: messages may arrive before the probe's answer.
+    const subscription = new Subscription(this, topic, this._maxQueue);
     let set = this._subscriptions.get(topic);
-    const fresh = set === undefined;
-    if (fresh) {
+    if (set === undefined) {
       set = new Set();
       this._subscriptions.set(topic, set);
     }
     set.add(subscription);
     try {
-      if (fresh) await this._send("SUB", topic, [], "", { confirm: true });
-      else await this.sync(); // the first subscription's SUB may still be on its way
+      await this._send("SUB", topic, [], "", { confirm: true }); // SUB is idempotent
     } catch (error) {
       set.delete(subscription);
       if (set.size === 0 && this._subscriptions.get(topic) === set) this._subscriptions.delete(topic);
@@ -728,7 +773,15 @@ export class Client {
     return subscription;
   }
 
-  /** `UNS topic`: ends every subscription of this client to `topic`. */
+  /** The messages sent to this connection (`MSG:<cid>`, to which the broker subscribes every
+   * connection), following the cid across reconnections. Sends nothing. */
+  inbox() {
+    const subscription = new Subscription(this, "MSG:", this._maxQueue, true);
+    this._inboxes.add(subscription);
+    return subscription;
+  }
+
+  /** `UNS topic`, and ends every subscription of this client to it. */
   async unsubscribe(topic) {
     const set = this._subscriptions.get(topic);
     this._subscriptions.delete(topic);
@@ -737,87 +790,106 @@ export class Client {
   }
 
   async _dropSubscription(subscription) {
+    if (subscription._inbox) {
+      this._inboxes.delete(subscription);
+      return;
+    }
     const set = this._subscriptions.get(subscription.topic);
     if (!set || !set.delete(subscription)) return;
-    if (set.size === 0) {
-      this._subscriptions.delete(subscription.topic);
-      if (this._open_) await this._send("UNS", subscription.topic, [], "", { confirm: true });
-    }
+    if (set.size === 0) await this.unsubscribe(subscription.topic);
   }
 
   /**
-   * `REQ topic` with a fresh `ReqID`; resolves with the response `Message`. Rejects with the
-   * broker's error for it (`NoResponder`, `ResponderLost`, `Timeout`, `NotTrusted`, `Limit`),
-   * with `Timeout` after `timeout` ms if given, or with `ConnectionClosed`.
+   * `REQ topic` with a fresh `ReqID`; resolves with the response (`RES`) `Message`. Rejects
+   * with the broker's error for it (`NoResponder`, `ResponderLost`, `Timeout`, `NotTrusted`,
+   * `Limit`), with `Timeout` if `timeout` ms (60000) pass first, or with `ConnectionLost`.
    */
-  request(topic, body = "", options = {}) {
+  request(topic, body = "", { headers = [], binary, timeout = 60000 } = {}) {
     const reqId = this._nextId();
-    const headers = [["ReqID", reqId], ...(options.headers ?? [])];
     return new Promise((resolve, reject) => {
-      this._write("REQ", topic, headers, body, options.binary); // a throw here rejects
-      const request = { resolve, reject, topic, timer: undefined };
-      if (options.timeout !== undefined) {
+      this._write("REQ", topic, [["ReqID", reqId], ...headers], body, binary); // a throw rejects
+      const request = { resolve, reject, timer: undefined };
+      if (timeout !== null && timeout !== Infinity) {
         request.timer = setTimeout(() => {
           this._requests.delete(reqId);
-          reject(new Timeout(`no answer to REQ ${topic} within ${options.timeout} ms`, { code: "timeout", command: "REQ", topic }));
-        }, options.timeout);
+          const text = `no answer to REQ ${topic} within ${timeout} ms (client side)`;
+          reject(new Timeout(text, { command: "REQ", topic }));
+        }, timeout);
       }
       this._requests.set(reqId, request);
     });
   }
 
+  /** Sends any command, confirmed like `publish`: the escape hatch for what the API does not
+   * cover (the broker answers words it does not know with `UnknownCommand`). */
+  command(command, target, { headers = [], body = "", binary } = {}) {
+    return this._send(command, target, headers, body, { binary, confirm: true });
+  }
+
+  /** Sends `data` as it is (a string as a text frame, bytes as a binary one), for tools and
+   * tests; the broker's errors about it go to `onError`. Throws when not connected. */
+  sendRaw(data) {
+    this._checkOpen();
+    this._ws.send(data);
+  }
+
   // -------------------------------------------------------------------------------- services
 
-  /** `EPUB topic` (service): clients may publish to `topic` once this resolves. */
+  /** `EPUB topic` (service): once it resolves, clients may publish to `topic`. */
   enablePublish(topic) {
-    return this._grant("EPUB", topic);
+    return this._control("EPUB", topic);
   }
 
-  /** `ESUB topic` (service): clients may subscribe to `topic` once this resolves. */
+  /** `ESUB topic` (service): once it resolves, clients may subscribe to `topic`. */
   enableSubscribe(topic) {
-    return this._grant("ESUB", topic);
+    return this._control("ESUB", topic);
   }
 
-  async _grant(command, topic) {
+  async _control(command, topic) {
     await this._send(command, topic, [], "", { confirm: true });
-    this._granted[command].add(topic);
+    this._controls.set(`${command} ${topic}`, [command, topic]);
   }
 
   /**
-   * Answers `REQ topic` with `handler(message)`: `EREQ topic` (clients may ask, and this
-   * connection is a responder), resolved once in effect. The handler returns (or resolves to)
-   * the response body (a string, or bytes for a binary response), `{ body, headers }`, or
-   * nothing for an empty body. A handler that throws answers with an `Error` header and the
-   * error's message, so the requester is not left waiting.
+   * Answers every `REQ topic` with `handler(message)`: sends `EREQ topic` (clients may ask,
+   * and this connection is one of its responders) and resolves once requests may come. The
+   * handler returns (or resolves to) the response body (a string, or bytes for a binary
+   * response), `{ body, headers }`, or nothing for an empty body; the response goes out as
+   * `RES` with the request's `Rid`. A handler that throws answers with an `Error` header (the
+   * error's name) and its message, so the requester is not left waiting. At most
+   * `maxHandlers` run at once; up to `maxQueue` more requests wait, and past that a request is
+   * answered at once with `Error: Busy`.
    */
   async serve(topic, handler) {
     const had = this._handlers.has(topic);
     this._handlers.set(topic, handler);
     try {
-      await this._send("EREQ", topic, [], "", { confirm: true });
+      await this._control("EREQ", topic);
     } catch (error) {
       if (!had) this._handlers.delete(topic);
       throw error;
     }
   }
 
-  /** `INT UID` (service): later messages from connection `cid` carry `Uid: uid`. */
+  /** `INT UID` (service): later messages from connection `cid` carry `Uid: uid`. Rejects with
+   * `NoConnection` when the broker knows no such connection. */
   setUid(cid, uid) {
     return this._send("INT", "UID", [["forcid", cid], ["setuid", uid]], "", { confirm: true });
   }
 
-  /** Sends `data` as it is (a string as a text frame, bytes as a binary frame), for tools and
-   * tests; the broker's errors about it go to `onError`. */
-  sendRaw(data) {
-    this._checkOpen(); // synchronous on purpose: a tool wants to know at once
-    this._ws.send(data);
+  _request(message) {
+    if (this._running < this._maxHandlers) return this._answer(message);
+    if (this._queued.length < this._maxQueue) return this._queued.push(message);
+    this._respond(message, [["Error", "Busy"]], `${this.cid} has ${this._maxQueue} requests waiting`);
   }
 
   async _answer(request) {
-    const handler = this._handlers.get(request.topic);
+    this._running++;
+    const generation = this._generation;
     let headers = [];
     let body = "";
     try {
+      const handler = this._handlers.get(request.topic);
       if (!handler) throw new Error(`no handler for REQ ${request.topic}`);
       const result = await handler(request);
       if (result === undefined || result === null) body = "";
@@ -830,14 +902,19 @@ export class Client {
       headers = [["Error", error?.name ?? "Error"]];
       body = String(error?.message ?? error);
     }
+    this._running--;
+    // A request that came on an earlier connection has nobody to answer to any more.
+    if (generation === this._generation) this._respond(request, headers, body);
+    const next = this._queued.shift();
+    if (next) this._answer(next);
+  }
+
+  _respond(request, headers, body) {
     // The broker routes the RES by the request's `Rid` and gives the requester its `ReqID`.
-    const rid = request.header("Rid");
-    if (!this._open_ || rid === undefined) return; // that connection is gone: nobody waits
-    try {
-      await this._send("RES", request.topic, [...headers, ["Rid", rid]], body);
-    } catch (error) {
-      this.onError(error);
-    }
+    const rid = request.header("Rid") ?? "";
+    this._send("RES", request.topic, [...headers, ["Rid", rid]], body).catch((error) => {
+      if (!(error instanceof ConnectionLost)) this.onError(error);
+    });
   }
 
   // ------------------------------------------------------------------------------- receiving
@@ -855,7 +932,6 @@ export class Client {
 
   _dispatch(message) {
     const { command, topic } = message;
-    if (command === "PUB" && topic === "ERROR") return this._brokerError(message);
     if (command === "RES") {
       const reqId = message.header("ReqID");
       const request = this._requests.get(reqId);
@@ -864,29 +940,30 @@ export class Client {
         clearTimeout(request.timer);
         request.resolve(message);
       }
-      return; // a response after its local timeout: nobody waits for it any more
+      return; // a response after its client-side timeout: nobody waits for it any more
     }
-    if (command === "REQ") {
-      this._answer(message);
-      return;
-    }
-    if (command === "PUB" && topic === `MSG:${this.cid}` && message.cid === this.cid) {
+    if (command === "REQ") return this._request(message);
+    if (command !== "PUB") return;
+    // The broker's own errors carry no Cid; a service's PUB to `ERROR` does.
+    if (topic === "ERROR" && message.cid === undefined) return this._brokerError(message);
+    if (topic === `MSG:${this.cid}`) {
       const token = message.header("Mm-Sync");
-      if (token !== undefined && this._answerProbe(token)) return;
+      if (token !== undefined && message.cid === this.cid && this._answerProbe(token)) return;
+      for (const inbox of this._inboxes) inbox._push(message);
     }
     for (const subscription of this._subscriptions.get(topic) ?? []) subscription._push(message);
   }
 
   /** A probe came back: everything sent before it has been handled. */
   _answerProbe(token) {
-    const index = this._unconfirmed.findIndex((entry) => entry.probe === token);
+    const index = this._waiting.findIndex((entry) => entry.probe === token);
     if (index < 0) return false;
-    for (const entry of this._unconfirmed.splice(0, index + 1)) entry.resolve();
+    for (const entry of this._waiting.splice(0, index + 1)) entry.resolve();
     return true;
   }
 
   _brokerError(message) {
-    const error = errorFromMessage(message);
+    const error = wireError(message);
     const reqId = message.header("ReqID");
     if (reqId !== undefined) {
       const request = this._requests.get(reqId);
@@ -894,27 +971,26 @@ export class Client {
         this._requests.delete(reqId);
         clearTimeout(request.timer);
         request.reject(error);
-        return;
+      } else {
+        this.onError(error);
       }
+      return;
     }
-    // Without a ReqID: replies come in the order the messages were sent, so the error belongs
-    // to the oldest unconfirmed call with the same command word and topic.
-    if (error.command !== undefined) {
-      const index = this._unconfirmed.findIndex(
-        (entry) => entry.command === error.command && entry.topic === error.topic,
-      );
-      if (index >= 0) {
-        const entry = this._unconfirmed[index];
-        if (entry.probe !== undefined) {
-          // A client's probe: `not-trusted` is its answer, as good as getting it back.
-          this._answerProbe(entry.probe);
-          return;
-        }
-        this._unconfirmed.splice(index, 1);
-        entry.reject(error);
-        return;
-      }
+    // Without a ReqID the error belongs to the oldest waiting call it names (see the top of
+    // this file); a `malformed` error names none and goes to the oldest waiting call.
+    const index = this._waiting.findIndex((entry) =>
+      error instanceof Malformed
+        ? entry.command !== undefined && entry.probe === undefined
+        : entry.command === error.command && entry.topic === error.topic,
+    );
+    if (index < 0) return this.onError(error);
+    const entry = this._waiting[index];
+    if (entry.probe !== undefined) {
+      // A client's probe: `not-trusted` is its answer, as good as getting it back.
+      this._answerProbe(entry.probe);
+      return;
     }
-    this.onError(error);
+    this._waiting.splice(index, 1);
+    entry.reject(error);
   }
 }

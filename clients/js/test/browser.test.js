@@ -55,7 +55,7 @@ before(async () => {
   service = await connect(broker.url, SERVICE_KEY);
   await service.enablePublish("Chat");
   await service.enableSubscribe("Chat");
-  await service.serve("Echo", (request) => request.text().toUpperCase());
+  await service.serve("Echo", (request) => request.text.toUpperCase());
   await service.serve("Never", () => new Promise(() => {}));
   files = await serveFiles(ROOT);
   // Never a browser download: Debian's binary, given by path.
@@ -94,12 +94,12 @@ test("the page runs the client scenario in Chromium and shows each step", { time
       String.raw`echo: ".DOT\r\nLINE\n.\nEND" from the service`,
       String.raw`chat: text text "..text\n." from me`,
       "chat: binary binary bytes [46,10,46,255,0] from me",
-      "subscribe Secret: NotTrusted not-trusted: Not trusted: SUB Secret",
-      "publish Secret: NotTrusted not-trusted: Not trusted PUB Secret",
-      "request Secret: NotTrusted not-trusted: Not trusted REQ Secret",
-      "request Never: Timeout timeout: no answer to REQ Never within 200 ms",
-      "bad key: ConnectionClosed connection-closed: login refused: bad key (1008)",
-      "after close: ConnectionClosed connection-closed: the client was closed",
+      "subscribe Secret: NotTrusted: not-trusted: Not trusted: SUB Secret",
+      "publish Secret: NotTrusted: not-trusted: Not trusted PUB Secret",
+      "request Secret: NotTrusted: not-trusted: Not trusted REQ Secret",
+      "request Never: Timeout: timeout: no answer to REQ Never within 200 ms (client side)",
+      "bad key: LoginRefused: login refused: bad key (1008)",
+      "after close: ClientClosed: the client was closed",
       "chat after close: ended",
       "status: ok",
     ],

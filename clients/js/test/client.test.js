@@ -6,9 +6,11 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import {
+  ClientClosed,
   connect,
-  ConnectionClosed,
+  ConnectionLost,
   Limit,
+  LoginRefused,
   Malformed,
   MiddlemanError,
   NoConnection,
@@ -53,7 +55,7 @@ describe("against one broker", () => {
     const service = await login(SERVICE_KEY);
     assert.notEqual(service.cid, client.cid);
     await assert.rejects(connect(broker.url, "wrong"), (error) => {
-      assert.ok(error instanceof ConnectionClosed);
+      assert.ok(error instanceof LoginRefused);
       assert.equal(error.closeCode, 1008);
       assert.equal(error.reason, "bad key");
       return true;
@@ -191,7 +193,7 @@ describe("against one broker", () => {
   test("an unconfirmed publish's error goes to onError", TEST_TIMEOUT, async () => {
     const sink = errorSink();
     const client = await login(CLIENT_KEY, { onError: sink.onError });
-    await client.publish("nobody-granted", "x");
+    await client.publish("nobody-granted", "x", { confirm: false });
     await eventually(() => sink.errors.length === 1, 3000, "the error");
     assert.ok(sink.errors[0] instanceof NotTrusted);
     assert.equal(sink.errors[0].text, "Not trusted PUB nobody-granted");
@@ -248,25 +250,37 @@ describe("against one broker", () => {
 
   test("NoConnection for setUid of an unknown connection", TEST_TIMEOUT, async () => {
     const service = await login(SERVICE_KEY);
-    await assert.rejects(service.setUid("00000000000000000000", "x"), (error) => {
+    // An id that cannot be a connection's is refused at once; a well-formed one that lives on
+    // no shard may be refused after the round trip (see docs/CLIENTS.md), so not used here.
+    await assert.rejects(service.setUid("nosuchconnection", "x"), (error) => {
       assert.ok(error instanceof NoConnection);
       assert.equal(error.text, "No client for INT UID");
       return true;
     });
   });
 
-  test("UnknownCommand and Malformed reach onError", TEST_TIMEOUT, async () => {
+  test("UnknownCommand and Malformed reject the call that caused them", TEST_TIMEOUT, async () => {
     const sink = errorSink();
     const service = await login(SERVICE_KEY, { onError: sink.onError });
-    service.sendRaw("FOO bar\r\n\r\n.\r\n");
+    await assert.rejects(service.command("FOO", "bar"), (error) => {
+      assert.ok(error instanceof UnknownCommand);
+      assert.equal(error.text, "Unknown command FOO bar");
+      return true;
+    });
+    const tooLong = "x".repeat(65);
+    const results = await Promise.allSettled([
+      service.publish("fine", "1"),
+      service.publish(tooLong, "too long a topic"),
+      service.publish("fine", "3"),
+    ]);
+    assert.deepEqual(results.map((r) => r.status), ["fulfilled", "rejected", "fulfilled"]);
+    assert.ok(results[1].reason instanceof Malformed);
+    assert.equal(results[1].reason.text, "Malformed message: target too long");
+    // Unconfirmed, it goes to onError.
+    await service.publish(tooLong, "again", { confirm: false });
     await service.sync();
-    await service.publish("x".repeat(65), "too long a topic");
-    await service.sync();
-    assert.equal(sink.errors.length, 2, sink.errors.join("\n"));
-    assert.ok(sink.errors[0] instanceof UnknownCommand);
-    assert.equal(sink.errors[0].text, "Unknown command FOO bar");
-    assert.ok(sink.errors[1] instanceof Malformed);
-    assert.equal(sink.errors[1].text, "Malformed message: target too long");
+    assert.equal(sink.errors.length, 1);
+    assert.ok(sink.errors[0] instanceof Malformed);
   });
 
   test("NoRequest for a response nobody asked for", TEST_TIMEOUT, async () => {
@@ -314,7 +328,7 @@ describe("against one broker", () => {
     await receiver.serve("mirror", (request) => request.body);
     const answer = await sender.request("mirror", ".a\r\n.\nb", { binary: true });
     assert.equal(answer.binary, true);
-    assert.equal(answer.text(), ".a\r\n.\nb");
+    assert.equal(answer.text, ".a\r\n.\nb");
   });
 
   test("several messages in one frame are all delivered", TEST_TIMEOUT, async () => {
@@ -335,14 +349,15 @@ describe("against one broker", () => {
     let closedWith = "not called";
     const client = await login(SERVICE_KEY, { onClose: (error) => (closedWith = error) });
     const subscription = await client.subscribe("anything");
-    const rejected = assert.rejects(client.request("hangs", "x"), ConnectionClosed);
+    const rejected = assert.rejects(client.request("hangs", "x"), ClientClosed);
     await client.sync();
     await client.close();
     await rejected;
     assert.equal((await subscription.next()).done, true);
     assert.equal(closedWith, undefined, "a close() is not an error");
-    await assert.rejects(client.publish("anything", "x"), ConnectionClosed);
-    await assert.rejects(client.sync(), ConnectionClosed);
+    await assert.rejects(client.publish("anything", "x"), ClientClosed);
+    await assert.rejects(client.sync(), ClientClosed);
+    assert.equal(client.connected, false);
   });
 });
 
@@ -363,7 +378,7 @@ describe("limits", () => {
         return true;
       });
       await service.serve("held", () => new Promise(() => {}));
-      const first = assert.rejects(service.request("held", "1", { timeout: 60000 }), ConnectionClosed);
+      const first = assert.rejects(service.request("held", "1"), ClientClosed);
       await assert.rejects(service.request("held", "2"), (error) => {
         assert.ok(error instanceof Limit);
         assert.equal(error.text, "Limit reached: pending requests REQ held");
@@ -378,28 +393,29 @@ describe("limits", () => {
 });
 
 describe("the connection drops", () => {
-  test("without reconnect, the client ends with ConnectionClosed", TEST_TIMEOUT, async () => {
+  test("without reconnect, the client ends with ConnectionLost", TEST_TIMEOUT, async () => {
     const broker = await Broker.start();
     let closedWith;
     const client = await connect(broker.url, SERVICE_KEY, { onClose: (error) => (closedWith = error) });
     const subscription = await client.subscribe("t");
     await broker.stop();
-    await assert.rejects(subscription.next(), ConnectionClosed);
-    assert.ok(closedWith instanceof ConnectionClosed);
+    await assert.rejects(subscription.next(), ConnectionLost);
+    assert.ok(closedWith instanceof ConnectionLost);
+    assert.ok(!(closedWith instanceof ClientClosed));
     assert.equal(closedWith.closeCode, 1001, "the broker says going away on shutdown");
-    assert.ok((await client.closed) instanceof ConnectionClosed);
+    assert.ok((await client.waitClosed()) instanceof ConnectionLost);
   });
 
   test("with reconnect, a broker restart on the same port is survived", TEST_TIMEOUT, async () => {
     let broker = await Broker.start();
-    const reconnect = { initialDelay: 50, maxDelay: 500 };
+    const reconnect = { reconnect: true, backoff: 50, maxBackoff: 500 };
     const reconnected = { service: 0, client: 0 };
     const service = await connect(broker.url, SERVICE_KEY, {
-      reconnect,
+      ...reconnect,
       onReconnect: () => reconnected.service++,
     });
     const client = await connect(broker.url, CLIENT_KEY, {
-      reconnect,
+      ...reconnect,
       onReconnect: () => reconnected.client++,
     });
     try {
@@ -411,21 +427,21 @@ describe("the connection drops", () => {
       const heard = await service.subscribe("room");
       const room = await client.subscribe("room");
       assert.equal((await client.request("echo", "before")).body, "echo before");
-      const oldCids = [service.cid, client.cid];
 
       const inFlight = assert.rejects(client.request("stuck", "x"), (error) => {
-        assert.ok(error instanceof ConnectionClosed);
-        assert.match(error.message, /connection lost/);
+        assert.ok(error instanceof ConnectionLost);
+        assert.match(error.message, /ended: going away \(1001\)/);
         return true;
       });
       await eventually(() => release, 3000, "the stuck request's arrival");
       await broker.stop();
       await inFlight;
-      await assert.rejects(client.publish("room", "while down"), ConnectionClosed);
+      await assert.rejects(client.publish("room", "while down"), ConnectionLost);
+      assert.equal(client.connected, false);
 
       broker = await broker.restart();
       await eventually(() => reconnected.service === 1 && reconnected.client === 1, 10000, "both reconnects");
-      assert.notDeepEqual([service.cid, client.cid], oldCids, "a new login, new cids");
+      assert.equal(client.connected, true);
 
       // The restarted broker knows nothing; the grants, subscriptions and the responder
       // registration were all made again by the clients.

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { decode, encode, errorFromMessage, Malformed, Message, NotTrusted, ProtocolError } from "../middleman.js";
+import { decode, encode, wireError, Malformed, Message, NotTrusted, ProtocolError } from "../middleman.js";
 
 const text = (bytes) => new TextDecoder().decode(bytes);
 
@@ -105,15 +105,15 @@ test("decode(encode(bytes)) is the bytes, for random binary bodies", () => {
 });
 
 test("broker errors become their class, with the command and topic they name", () => {
-  const error = errorFromMessage(decode("PUB ERROR\r\nCode: not-trusted\r\n\r\nNot trusted: SUB a b\r\n.\r\n")[0]);
+  const error = wireError(decode("PUB ERROR\r\nCode: not-trusted\r\n\r\nNot trusted: SUB a b\r\n.\r\n")[0]);
   assert.ok(error instanceof NotTrusted);
   assert.deepEqual([error.code, error.command, error.topic, error.text], ["not-trusted", "SUB", "a b", "Not trusted: SUB a b"]);
-  const malformed = errorFromMessage(
+  const malformed = wireError(
     new Message({ command: "PUB", topic: "ERROR", headers: [["Code", "malformed"]], body: "Malformed message: target too long" }),
   );
   assert.ok(malformed instanceof Malformed);
   assert.equal(malformed.command, undefined);
-  const odd = errorFromMessage(new Message({ command: "PUB", topic: "ERROR", headers: [["Code", "new-code"]], body: "?" }));
+  const odd = wireError(new Message({ command: "PUB", topic: "ERROR", headers: [["Code", "new-code"]], body: "?" }));
   assert.equal(odd.constructor.name, "MiddlemanError");
   assert.equal(odd.code, "new-code");
 });

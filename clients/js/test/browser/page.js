@@ -2,12 +2,12 @@
 // real browser (native WebSocket, binary frames as ArrayBuffers), one line per step in #log.
 // The test's Node service grants Chat, answers Echo (upper case) and never answers Never.
 
-import { connect, ConnectionClosed, MiddlemanError, NotTrusted, Timeout } from "../../middleman.js";
+import { ClientClosed, connect, LoginRefused, MiddlemanError, NotTrusted, Timeout } from "../../middleman.js";
 
 const log = document.getElementById("log");
 const show = (line) => (log.textContent += `${line}\n`);
 const describe = (error) =>
-  error instanceof MiddlemanError ? `${error.constructor.name} ${error.code}: ${error.text}` : `${error}`;
+  error instanceof MiddlemanError ? `${error.constructor.name}: ${error.message}` : `${error}`;
 
 async function expectError(what, promise, Class) {
   try {
@@ -28,7 +28,7 @@ async function main() {
   show(`echo: ${JSON.stringify(echo.body)} from ${echo.cid === params.get("service") ? "the service" : echo.cid}`);
 
   const chat = await mm.subscribe("Chat");
-  await mm.publish("Chat", "..text\n.", { headers: [["Kind", "text"]] });
+  await mm.publish("Chat", "..text\n.", { headers: [["Kind", "text"]], confirm: false });
   await mm.publish("Chat", new Uint8Array([0x2e, 0x0a, 0x2e, 0xff, 0x00]), { headers: [["Kind", "binary"]] });
   for (let i = 0; i < 2; i++) {
     const { value: m } = await chat.next();
@@ -37,14 +37,14 @@ async function main() {
   }
 
   await expectError("subscribe Secret", mm.subscribe("Secret"), NotTrusted);
-  await expectError("publish Secret", mm.publish("Secret", "x", { confirm: true }), NotTrusted);
+  await expectError("publish Secret", mm.publish("Secret", "x"), NotTrusted);
   await expectError("request Secret", mm.request("Secret", "x"), NotTrusted);
   await expectError("request Never", mm.request("Never", "x", { timeout: 200 }), Timeout);
-  await expectError("bad key", connect(url, "wrong key"), ConnectionClosed);
+  await expectError("bad key", connect(url, "wrong key"), LoginRefused);
 
   const ending = mm.request("Never", "x");
   await mm.close();
-  await expectError("after close", ending, ConnectionClosed);
+  await expectError("after close", ending, ClientClosed);
   show(`chat after close: ${(await chat.next()).done ? "ended" : "still open"}`);
 }
 
