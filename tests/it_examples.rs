@@ -18,9 +18,6 @@ use tungstenite::{Message, WebSocket};
 mod common;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples");
-/// The directories, relative to the repository, whose files the page may load: the page
-/// itself and the library it imports by a relative path.
-const SERVED: [&str; 2] = ["docs/examples/browser", "clients/js"];
 /// Where Debian's `chromium` package puts the browser.
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -342,6 +339,10 @@ impl Drop for Process {
 // A static file server for the page
 // ---------------------------------------------------------------------------------------------
 
+/// The directories, relative to the repository, whose files the page may load: the page
+/// itself and the library it imports by a relative path.
+const SERVED: [&str; 2] = ["docs/examples/browser", "clients/js"];
+
 /// Serves, over HTTP/1.0 on 127.0.0.1, the regular files directly inside the directories
 /// `dirs` (relative to `root`); returns the port. The thread lives as long as the test process.
 fn serve_directory(root: PathBuf, dirs: &'static [&'static str]) -> u16 {
@@ -373,9 +374,10 @@ fn serve_one(mut stream: TcpStream, root: &Path, dirs: &[&str]) {
     let path = path.trim_start_matches('/');
     // Only `<dir>/<plain file name>` for one of `dirs`: nothing else can be asked for.
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-    let file = (dirs.contains(&dir) && !name.is_empty() && !name.contains('\\') && !name.starts_with('.'))
-        .then(|| std::fs::read(root.join(dir).join(name)).ok())
-        .flatten();
+    let file =
+        (dirs.contains(&dir) && !name.is_empty() && !name.contains('\\') && !name.starts_with('.'))
+            .then(|| std::fs::read(root.join(dir).join(name)).ok())
+            .flatten();
     let response = match file {
         Some(body) => {
             let kind = match name.rsplit('.').next() {
