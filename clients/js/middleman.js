@@ -460,6 +460,20 @@ export async function connect(url, key, options = {}) {
   return client;
 }
 
+const CID_DIGITS = "0123456789abcdefghijklmnopqrstuv";
+
+/** A connection id on the same shard as `cid` whose sequence number the broker never reaches
+ * (2^52 - 1: src/ids.rs), or undefined if `cid` is not a connection id at all. */
+function impossibleNeighbour(cid) {
+  if (!/^[0-9a-v]{20}$/.test(cid)) return undefined;
+  let bits = 0n;
+  for (const c of cid) bits = (bits << 5n) | BigInt(CID_DIGITS.indexOf(c));
+  bits |= (1n << 52n) - 1n;
+  let out = "";
+  for (let i = 19; i >= 0; i--) out += CID_DIGITS[Number((bits >> BigInt(5 * i)) & 31n)];
+  return out;
+}
+
 const closeText = (event) => (event.reason ? `${event.reason} (${event.code})` : `close code ${event.code}`);
 
 export class Client {
@@ -695,13 +709,13 @@ export class Client {
   }
 
   /** Sends one message; with `confirm`, resolves once the broker has handled it, or rejects
-   * with its error for it. Every failure is a rejection. */
-  async _send(command, topic, headers, body, { binary, confirm } = {}) {
+   * with its error for it. Every failure is a rejection. `via`: see `_probe`. */
+  async _send(command, topic, headers, body, { binary, confirm, via } = {}) {
     this._write(command, topic, headers, body, binary);
     if (!confirm) return;
     await new Promise((resolve, reject) => {
       this._waiting.push({ command, topic, resolve, reject });
-      this._probe();
+      this._probe(via);
     });
   }
 
@@ -722,9 +736,22 @@ export class Client {
    * with an `Mm-Sync` header. A service gets it back, a client gets `not-trusted` for it;
    * either answer comes after the broker's replies to everything sent earlier. One probe per
    * call, so that between two probe answers at most one call can have caused an error.
+   *
+   * `INT UID` is carried out on the shard of the connection it names, after this shard has
+   * moved on, so its probe (`via` that cid) must pass there too: a `REQ` with the probe's
+   * `ReqID` to the private topic of a connection that cannot exist on that shard (the broker
+   * places `MSG:<cid>` on the cid's shard). It follows the `INT UID` there and comes back as
+   * `no-responder`, behind the `no-connection` error if there was one.
    */
-  _probe() {
+  _probe(via) {
     const token = this._nextId();
+    const neighbour = via === undefined ? undefined : impossibleNeighbour(via);
+    if (neighbour !== undefined) {
+      const topic = `MSG:${neighbour}`;
+      this._waiting.push({ command: "REQ", topic, probe: token, resolve() {}, reject() {} });
+      this._write("REQ", topic, [["ReqID", token]], "", false);
+      return;
+    }
     const topic = `MSG:${this.cid}`;
     this._waiting.push({ command: "PUB", topic, probe: token, resolve() {}, reject() {} });
     this._write("PUB", topic, [["Mm-Sync", token]], "", false);
@@ -874,7 +901,7 @@ export class Client {
   /** `INT UID` (service): later messages from connection `cid` carry `Uid: uid`. Rejects with
    * `NoConnection` when the broker knows no such connection. */
   setUid(cid, uid) {
-    return this._send("INT", "UID", [["forcid", cid], ["setuid", uid]], "", { confirm: true });
+    return this._send("INT", "UID", [["forcid", cid], ["setuid", uid]], "", { confirm: true, via: cid });
   }
 
   _request(message) {
@@ -934,6 +961,7 @@ export class Client {
     const { command, topic } = message;
     if (command === "RES") {
       const reqId = message.header("ReqID");
+      if (this._answerProbe(reqId)) return; // someone serves the impossible topic after all
       const request = this._requests.get(reqId);
       if (request) {
         this._requests.delete(reqId);
@@ -966,6 +994,7 @@ export class Client {
     const error = wireError(message);
     const reqId = message.header("ReqID");
     if (reqId !== undefined) {
+      if (this._answerProbe(reqId)) return; // a setUid probe's no-responder
       const request = this._requests.get(reqId);
       if (request) {
         this._requests.delete(reqId);

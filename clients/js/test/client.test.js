@@ -259,6 +259,27 @@ describe("against one broker", () => {
     });
   });
 
+  test("NoConnection for connections that are gone, whichever shard they were on", TEST_TIMEOUT, async () => {
+    const service = await login(SERVICE_KEY);
+    const gone = [];
+    for (let i = 0; i < 6; i++) {
+      const client = await connect(broker.url, CLIENT_KEY);
+      gone.push(client.cid);
+      await client.close();
+    }
+    // The shard is in the cid (src/ids.rs): bits 52 and up, below the 32-bit epoch. On the
+    // other shard the broker answers INT UID after this shard has moved on.
+    const shard = (cid) => {
+      let bits = 0n;
+      for (const c of cid) bits = (bits << 5n) | BigInt("0123456789abcdefghijklmnopqrstuv".indexOf(c));
+      return Number((bits >> 52n) & 0xffffn);
+    };
+    assert.ok(gone.some((cid) => shard(cid) !== shard(service.cid)), "a cid on the other shard");
+    for (const cid of gone) {
+      await assert.rejects(service.setUid(cid, "x"), NoConnection, cid);
+    }
+  });
+
   test("UnknownCommand and Malformed reject the call that caused them", TEST_TIMEOUT, async () => {
     const sink = errorSink();
     const service = await login(SERVICE_KEY, { onError: sink.onError });
