@@ -159,6 +159,39 @@ describe("against one broker", () => {
     assert.equal(message.cid, service.cid);
   });
 
+  test("inbox() gets what is sent to this connection", TEST_TIMEOUT, async () => {
+    const service = await login(SERVICE_KEY);
+    const client = await login(CLIENT_KEY);
+    const inbox = client.inbox();
+    await service.sendTo(client.cid, "direct", { headers: [["N", "1"]] });
+    const message = await inbox.get(3000);
+    assert.equal(message.body, "direct");
+    assert.equal(message.topic, `MSG:${client.cid}`);
+    assert.equal(message.cid, service.cid);
+    await inbox.close();
+    await assert.rejects(inbox.get(100), /has ended/);
+  });
+
+  test("handlers are bounded: past maxHandlers + maxQueue a request is answered Busy", TEST_TIMEOUT, async () => {
+    const service = await login(SERVICE_KEY, { maxHandlers: 1, maxQueue: 1 });
+    const requester = await login(SERVICE_KEY);
+    const release = [];
+    let started = 0;
+    await service.serve("bounded", (request) => {
+      started++;
+      return new Promise((resolve) => release.push(() => resolve(`done ${request.body}`)));
+    });
+    const answers = ["1", "2", "3"].map((n) => requester.request("bounded", n));
+    // The third finds one handler running and one request waiting: it is refused at once.
+    const busy = await answers[2];
+    assert.equal(busy.header("Error"), "Busy");
+    assert.equal(started, 1, "one handler at a time");
+    release.shift()();
+    await eventually(() => release.length === 1, 3000, "the queued request's handler");
+    release.shift()();
+    assert.deepEqual([(await answers[0]).body, (await answers[1]).body], ["done 1", "done 2"]);
+  });
+
   // ------------------------------------------------------------------------------- errors
 
   test("NotTrusted rejects the call that caused it", TEST_TIMEOUT, async () => {
@@ -236,16 +269,6 @@ describe("against one broker", () => {
     await eventually(() => sink.errors.length > 0, 5000, "the late answer's error");
     assert.ok(sink.errors[0] instanceof NoRequest);
     assert.equal(sink.errors[0].text, "No client for request ID  RES slow");
-  });
-
-  test("a local timeout rejects with Timeout too", TEST_TIMEOUT, async () => {
-    const responder = await login(SERVICE_KEY);
-    await responder.serve("slower", () => new Promise(() => {}));
-    await assert.rejects(responder.request("slower", "x", { timeout: 100 }), (error) => {
-      assert.ok(error instanceof Timeout);
-      assert.match(error.text, /within 100 ms/);
-      return true;
-    });
   });
 
   test("NoConnection for setUid of an unknown connection", TEST_TIMEOUT, async () => {
@@ -410,6 +433,18 @@ describe("limits", () => {
     } finally {
       await service.close();
     }
+  });
+
+  test("a local timeout rejects with Timeout too", TEST_TIMEOUT, async () => {
+    // This broker times requests out after 30 s, far behind the client's 100 ms.
+    const responder = await connect(broker.url, SERVICE_KEY);
+    await responder.serve("slower", () => new Promise(() => {}));
+    await assert.rejects(responder.request("slower", "x", { timeout: 100 }), (error) => {
+      assert.ok(error instanceof Timeout);
+      assert.match(error.text, /within 100 ms/);
+      return true;
+    });
+    await responder.close();
   });
 });
 
