@@ -183,5 +183,6 @@ export class Client {
   close(): Promise<MiddlemanError | undefined>;
 }
 
-/** Logs in; resolves once the broker sent `MM OK` and the connection id. */
+/** Logs in; resolves once the broker sent `MM OK` and the connection id. Rejects with
+ * `LoginRefused` (a refused key, no answer) or `ConnectionLost` (the broker cannot be reached). */
 export function connect(url: string, key: string, options?: ConnectOptions): Promise<Client>;

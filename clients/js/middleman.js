@@ -451,7 +451,8 @@ async function webSocketClass(given) {
 /**
  * Opens a WebSocket to `url`, sends `key`, and resolves with the logged-in `Client` once the
  * broker has answered `MM OK` and the connection id. Rejects with `LoginRefused` (reason
- * `bad key` for a refused key) when the login fails.
+ * `bad key` for a refused key) when the login fails, `ConnectionLost` when the broker cannot
+ * be reached.
  */
 export async function connect(url, key, options = {}) {
   const WebSocketClass = await webSocketClass(options.WebSocket);
@@ -557,7 +558,11 @@ export class Client {
       }
       ws.binaryType = "arraybuffer";
       this._ws = ws;
-      ws.onopen = () => ws.send(this._key);
+      let opened = false;
+      ws.onopen = () => {
+        opened = true;
+        ws.send(this._key);
+      };
       ws.onerror = () => {}; // the close event that follows says what happened
       ws.onmessage = (event) => {
         if (stage === "open") return this._receive(event.data);
@@ -578,7 +583,8 @@ export class Client {
       ws.onclose = (event) => {
         if (stage !== "open") {
           const { code: closeCode, reason } = event;
-          fail(new LoginRefused(`login refused: ${closeText(event)}`, { closeCode, reason }));
+          if (!opened) fail(new ConnectionLost(`cannot reach ${this.url}: ${closeText(event)}`, { closeCode, reason }));
+          else fail(new LoginRefused(`login refused: ${closeText(event)}`, { closeCode, reason }));
         } else if (this._ws === ws) {
           this._lost(event);
         }

@@ -468,6 +468,11 @@ describe("the connection drops", () => {
     assert.ok(!(closedWith instanceof ClientClosed));
     assert.equal(closedWith.closeCode, 1001, "the broker says going away on shutdown");
     assert.ok((await client.waitClosed()) instanceof ConnectionLost);
+    await assert.rejects(connect(broker.url, SERVICE_KEY), (error) => {
+      assert.ok(error instanceof ConnectionLost, `${error}`);
+      assert.match(error.message, /cannot reach/);
+      return true;
+    });
   });
 
   test("with reconnect, a broker restart on the same port is survived", TEST_TIMEOUT, async () => {
