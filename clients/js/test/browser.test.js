@@ -1,5 +1,6 @@
 // Checks the library in a real browser: test/browser/page.js logs in, requests, publishes text
-// and bytes, meets NotTrusted, Timeout and ConnectionClosed, and shows each step on the page.
+// and bytes, meets NotTrusted, Timeout, LoginRefused and ClientClosed, survives a broker
+// restart on the same port (reconnect), and shows each step on the page.
 // How: a real broker, a Node service on the library, a loopback file server for clients/js, and
 // Debian's headless Chromium driven by playwright-core; the test reads what the page shows.
 
@@ -52,7 +53,7 @@ before(async () => {
     `this test needs headless Chromium at ${CHROMIUM}: apt-get install -y chromium (CI installs it)`,
   );
   broker = await Broker.start();
-  service = await connect(broker.url, SERVICE_KEY);
+  service = await connect(broker.url, SERVICE_KEY, { reconnect: true, backoff: 50, maxBackoff: 500 });
   await service.enablePublish("Chat");
   await service.enableSubscribe("Chat");
   await service.serve("Echo", (request) => request.text.toUpperCase());
@@ -81,9 +82,16 @@ test("the page runs the client scenario in Chromium and shows each step", { time
   });
   const query = new URLSearchParams({ url: broker.url, key: CLIENT_KEY, service: service.cid });
   await page.goto(`http://127.0.0.1:${files.address().port}/test/browser/page.html?${query}`);
-  await page.waitForFunction(() => /status: /.test(document.getElementById("log").textContent), null, {
-    timeout: 30000,
-  });
+  const logShows = (pattern) =>
+    page.waitForFunction((source) => new RegExp(source, "m").test(document.getElementById("log").textContent), pattern, {
+      timeout: 30000,
+    });
+  await logShows("^(restart the broker now|status: .*)$");
+  if (!(await page.textContent("#log")).includes("status: ")) {
+    await broker.stop();
+    broker = await broker.restart();
+  }
+  await logShows("^status: ");
   const lines = (await page.textContent("#log")).trimEnd().split("\n");
   const context = `page shows:\n${lines.join("\n")}\n${problems.join("\n")}\nbroker:\n${broker.log()}`;
 
@@ -101,6 +109,11 @@ test("the page runs the client scenario in Chromium and shows each step", { time
       "bad key: LoginRefused: login refused: bad key (1008)",
       "after close: ClientClosed: the client was closed",
       "chat after close: ended",
+      "restart the broker now",
+      "in flight at the restart: ConnectionLost: the connection to " + broker.url + " ended: going away (1001)",
+      "reconnected: true",
+      'echo after the restart: "AGAIN"',
+      'chat after the restart: "back" from me',
       "status: ok",
     ],
     context,

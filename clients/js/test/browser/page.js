@@ -1,8 +1,19 @@
 // The browser half of test/browser.test.js: the client scenario of test/client.test.js in a
 // real browser (native WebSocket, binary frames as ArrayBuffers), one line per step in #log.
 // The test's Node service grants Chat, answers Echo (upper case) and never answers Never.
+// Last, with a second client that reconnects, it asks the test to restart the broker on the
+// same port, and shows that the subscription and the requests work again afterwards.
 
-import { ClientClosed, connect, LoginRefused, MiddlemanError, NotTrusted, Timeout } from "../../middleman.js";
+import {
+  ClientClosed,
+  connect,
+  ConnectionLost,
+  LoginRefused,
+  MiddlemanError,
+  NoResponder,
+  NotTrusted,
+  Timeout,
+} from "../../middleman.js";
 
 const log = document.getElementById("log");
 const show = (line) => (log.textContent += `${line}\n`);
@@ -46,6 +57,36 @@ async function main() {
   await mm.close();
   await expectError("after close", ending, ClientClosed);
   show(`chat after close: ${(await chat.next()).done ? "ended" : "still open"}`);
+
+  let reconnected;
+  const back = new Promise((resolve) => (reconnected = resolve));
+  const again = await connect(url, params.get("key"), {
+    reconnect: true,
+    backoff: 50,
+    maxBackoff: 500,
+    onReconnect: () => reconnected(),
+  });
+  const room = await again.subscribe("Chat");
+  const stuck = again.request("Never", "x");
+  show("restart the broker now");
+  await expectError("in flight at the restart", stuck, ConnectionLost);
+  await back; // logged in again, Chat subscribed again (its service granted it again first)
+  show(`reconnected: ${again.connected}`);
+  // The service registers Echo again on its own reconnection; until then: NoResponder.
+  let answer;
+  for (let tries = 0; !answer; tries++) {
+    try {
+      answer = await again.request("Echo", "again");
+    } catch (error) {
+      if (!(error instanceof NoResponder || error instanceof NotTrusted) || tries > 100) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  show(`echo after the restart: ${JSON.stringify(answer.body)}`);
+  await again.publish("Chat", "back");
+  const { value: heard } = await room.next();
+  show(`chat after the restart: ${JSON.stringify(heard.body)} from ${heard.cid === again.cid ? "me" : heard.cid}`);
+  await again.close();
 }
 
 main().then(
