@@ -1,5 +1,5 @@
 //! Checks the examples in `docs/examples/`: the Python service answers the Python client, and
-//! the browser page (its `middleman.js`) completes its session against the same service.
+//! the browser page (on the `clients/js` library) completes its session against the same service.
 //! How: a real two-shard broker on 127.0.0.1:0, the Python programs (on the client library in
 //! `clients/python`) as child processes, and the page served by a small file server in this
 //! test and loaded in headless Chromium, which the test reads over the DevTools protocol
@@ -147,11 +147,11 @@ fn browser_page_gets_its_cid_the_echo_and_its_chat_messages() {
     let server = common::Server::start(&[]);
     let url = format!("ws://127.0.0.1:{}/", server.port);
     let service = start_service(&url);
-    let files = serve_directory(PathBuf::from(format!("{EXAMPLES}/browser")));
+    let files = serve_directory(PathBuf::from(env!("CARGO_MANIFEST_DIR")), &SERVED);
 
     let message = ".dot line\n.\nend";
     let page = format!(
-        "http://127.0.0.1:{files}/index.html?url={}&key={}&message={}",
+        "http://127.0.0.1:{files}/docs/examples/browser/index.html?url={}&key={}&message={}",
         percent_encode(&url),
         percent_encode(common::CLIENT_KEY),
         percent_encode(message)
@@ -346,22 +346,26 @@ impl Drop for Process {
 // A static file server for the page
 // ---------------------------------------------------------------------------------------------
 
-/// Serves the regular files directly in `root` over HTTP/1.0 on 127.0.0.1; returns the port.
-/// The thread lives as long as the test process.
-fn serve_directory(root: PathBuf) -> u16 {
+/// The directories, relative to the repository, whose files the page may load: the page
+/// itself and the library it imports by a relative path.
+const SERVED: [&str; 2] = ["docs/examples/browser", "clients/js"];
+
+/// Serves, over HTTP/1.0 on 127.0.0.1, the regular files directly inside the directories
+/// `dirs` (relative to `root`); returns the port. The thread lives as long as the test process.
+fn serve_directory(root: PathBuf, dirs: &'static [&'static str]) -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the file server");
     let port = listener.local_addr().expect("file server address").port();
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
             let root = root.clone();
-            thread::spawn(move || serve_one(stream, &root));
+            thread::spawn(move || serve_one(stream, &root, dirs));
         }
     });
     port
 }
 
-fn serve_one(mut stream: TcpStream, root: &Path) {
+fn serve_one(mut stream: TcpStream, root: &Path, dirs: &[&str]) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut head = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -374,16 +378,18 @@ fn serve_one(mut stream: TcpStream, root: &Path) {
     let head = String::from_utf8_lossy(&head);
     let target = head.split(' ').nth(1).unwrap_or("/");
     let path = target.split(['?', '#']).next().unwrap_or("/");
-    let name = path.trim_start_matches('/');
-    let name = if name.is_empty() { "index.html" } else { name };
-    // Only plain file names: nothing outside `root` can be asked for.
-    let file = (!name.contains(['/', '\\']) && !name.starts_with('.'))
-        .then(|| std::fs::read(root.join(name)).ok())
-        .flatten();
+    let path = path.trim_start_matches('/');
+    // Only `<dir>/<plain file name>` for one of `dirs`: nothing else can be asked for.
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let file =
+        (dirs.contains(&dir) && !name.is_empty() && !name.contains('\\') && !name.starts_with('.'))
+            .then(|| std::fs::read(root.join(dir).join(name)).ok())
+            .flatten();
     let response = match file {
         Some(body) => {
             let kind = match name.rsplit('.').next() {
                 Some("html") => "text/html; charset=utf-8",
+                // Module scripts need a JavaScript type.
                 Some("js") => "text/javascript; charset=utf-8",
                 _ => "application/octet-stream",
             };
