@@ -2,8 +2,9 @@
 //! variable; the checks that values can work together; the printed configuration.
 //!
 //! It is not the runtime: nothing here starts a thread or opens a socket, and the only file
-//! it reads is `--keys-file`. Its one dependency inside the crate below the server is
-//! [`crate::limits`], the configurable limits flattened in as one group.
+//! it reads is `--keys-file`. It depends only on leaves of the crate: [`crate::limits`] (the
+//! configurable limits, flattened in as one group), `auth::Keys`, `logging::LogFormat` and two
+//! constants (`ids::CID_LEN`, `shard::topics::SHARDS_MAX`); never on `connection` or `server`.
 //!
 //! Invariants:
 //! - Every flag `--some-name` can also come from `MIDDLEMAN_SOME_NAME`, except the two key
