@@ -10,7 +10,8 @@
 //! - [`server`]: the glommio runtime: executors, listeners, the shard loops, shutdown.
 //! - [`admin`]: the metrics, health and stats endpoint.
 //! - [`auth`], [`grants`], [`ids`], [`config`]: keys and roles, client grants, identifiers,
-//!   the command line.
+//!   the command line and its `MIDDLEMAN_*` variables.
+//! - [`limits`]: every limit, the configurable ones and the fixed ones, with their reasons.
 //!
 //! `docs/ARCHITECTURE.md` is the map; `docs/PROTOCOL.md` the contract as built.
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod grants;
 pub mod ids;
+pub mod limits;
 pub mod logging;
 pub mod protocol;
 pub mod server;

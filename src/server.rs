@@ -74,26 +74,24 @@ pub fn run(config: Config) -> Result<(), String> {
         );
     }
     let cpus = allowed_cpus()?;
-    let shards = config.shards.unwrap_or(cpus.len()).clamp(1, SHARDS_MAX);
-    if config.shards.is_some_and(|n| n == 0 || n > SHARDS_MAX) {
-        return Err(format!("--shards must be between 1 and {SHARDS_MAX}"));
-    }
+    let shards = config.tuning.shards.unwrap_or(cpus.len()).clamp(1, SHARDS_MAX);
     probe_io_uring()?;
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) if !config.tls_listen.is_empty() => {
+    let listeners = &config.listeners;
+    let tls = match (&listeners.tls_cert, &listeners.tls_key) {
+        (Some(cert), Some(key)) if !listeners.tls_listen.is_empty() => {
             Some(crate::connection::tls::server_config(cert, key)?)
         }
         _ => None,
     };
     let addresses: Vec<SocketAddr> =
-        config.listen.iter().chain(&config.tls_listen).copied().collect();
+        listeners.listen.iter().chain(&listeners.tls_listen).copied().collect();
     let (resolved, port_holders) = resolve_ports(&addresses)?;
     let listen: Vec<Endpoint> = resolved
         .into_iter()
         .enumerate()
         .map(|(i, addr)| Endpoint {
             addr,
-            tls: (i >= config.listen.len()).then(|| tls.clone()).flatten(),
+            tls: (i >= listeners.listen.len()).then(|| tls.clone()).flatten(),
         })
         .collect();
 
@@ -134,8 +132,8 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     };
     let mut builder = LocalExecutorPoolBuilder::new(placement).io_memory(IO_MEMORY);
-    if !config.spin_before_park.is_zero() {
-        builder = builder.spin_before_park(config.spin_before_park);
+    if !config.tuning.spin_before_park.is_zero() {
+        builder = builder.spin_before_park(config.tuning.spin_before_park);
     }
     let pool = builder
         .on_all_shards(start)
@@ -153,7 +151,7 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     }
     drop(port_holders);
-    let admin = match config.admin_listen {
+    let admin = match config.admin.admin_listen {
         Some(addr) => Some(crate::admin::spawn(addr, mail.clone())?),
         None => None,
     };
@@ -209,17 +207,29 @@ struct Endpoint {
 async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(), String>>) {
     let ShardSetup { id, shards, epoch, config, keys, mail, listen } = setup;
     let tls_used = listen.iter().any(|e| e.tls.is_some());
-    let limits =
-        Limits { topic_bytes_max: config.topic_bytes_max, headers_max: config.headers_max };
+    // Every configurable limit is named here, so one added to `Limits` does not compile until
+    // it is handed to whatever enforces it.
+    let crate::limits::Limits {
+        message_bytes_max,
+        pending_bytes_max,
+        slow_consumer,
+        topic_bytes_max,
+        headers_max,
+        connections_max,
+        subscriptions_max,
+        pending_requests_max,
+    } = config.limits;
+    let limits = Limits { topic_bytes_max, headers_max };
+    let timeouts = &config.timeouts;
     let shard_config = ShardConfig {
         id,
         shards,
-        pending_bytes_max: config.pending_bytes_max,
-        slow_consumer: config.slow_consumer,
-        request_timeout: (!config.request_timeout.is_zero()).then_some(config.request_timeout),
+        pending_bytes_max,
+        slow_consumer,
+        request_timeout: (!timeouts.request_timeout.is_zero()).then_some(timeouts.request_timeout),
         limits,
-        subscriptions_max: config.subscriptions_max,
-        pending_requests_max: config.pending_requests_max,
+        subscriptions_max,
+        pending_requests_max,
     };
     let ctx = Rc::new(ShardContext {
         shard: RefCell::new(Shard::new(shard_config, Instant::now())),
@@ -228,12 +238,12 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         inbox_capacity: INBOX_CAPACITY,
         keys: RefCell::new(keys),
         settings: ConnectionSettings {
-            message_bytes_max: config.message_bytes_max,
-            auth_timeout: config.auth_timeout,
-            close_grace: config.drain_timeout.min(Duration::from_secs(2)),
+            message_bytes_max,
+            auth_timeout: timeouts.auth_timeout,
+            close_grace: timeouts.drain_timeout.min(Duration::from_secs(2)),
             limits,
-            pending_bytes_max: config.pending_bytes_max,
-            allowed_origins: config.allowed_origins.clone(),
+            pending_bytes_max,
+            allowed_origins: config.listeners.allowed_origins.clone(),
         },
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
         cipher: RefCell::new(if tls_used { vec![0; CIPHER_READ_BYTES] } else { Vec::new() }),
@@ -260,7 +270,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
     }
     let runtime = Rc::new(Runtime {
         live: RefCell::new(AHashMap::new()),
-        live_max: config.connections_max.div_ceil(shards),
+        live_max: connections_max.div_ceil(shards),
         next_local: Cell::new(1),
         epoch,
     });
@@ -270,12 +280,12 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         .collect();
     let mail_loop = glommio::spawn_local(mail_loop(ctx.clone()));
     let ticker = glommio::spawn_local(tick_loop(ctx.clone()));
-    let keepalive = (!config.ping_interval.is_zero())
-        .then(|| glommio::spawn_local(keepalive_loop(runtime.clone(), config.ping_interval)));
+    let keepalive = (!timeouts.ping_interval.is_zero())
+        .then(|| glommio::spawn_local(keepalive_loop(runtime.clone(), timeouts.ping_interval)));
     let _ = ready.send(Ok(()));
 
     wait_for(&ctx, |shard| shard.shutdown_requested).await;
-    let deadline = Instant::now() + config.drain_timeout;
+    let deadline = Instant::now() + timeouts.drain_timeout;
     // Stop accepting. Shutting the sockets down also ends glommio's accept in flight, which
     // would otherwise keep the socket listening (and new connections hanging) until exit.
     for fd in &listener_fds {
@@ -286,7 +296,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
     // Wait until mail from before the shutdown has landed everywhere (bounded by the drain
     // timeout in case a shard is stuck), then close.
     let barrier = wait_for(&ctx, Shard::drained);
-    futures_lite::future::or(barrier, glommio::timer::sleep(config.drain_timeout)).await;
+    futures_lite::future::or(barrier, glommio::timer::sleep(timeouts.drain_timeout)).await;
     for conn in runtime.live.borrow().values() {
         // Authenticated or not: a connection that finished its upgrade gets a close frame; one
         // still sending its upgrade request is simply closed.

@@ -25,14 +25,8 @@ use outbound::{Frame, FrameBytes, OutQueue, Push};
 /// 1006: never sent, only recorded when a connection ends without a close frame of ours.
 const ABNORMAL: CloseCode = CloseCode(1006);
 
-/// What happens to a subscriber whose unsent bytes would pass `--max-pending-bytes`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SlowConsumer {
-    /// Close it with 1008 `slow consumer` (the default: at-most-once, like NATS).
-    Disconnect,
-    /// Skip the frame for it and count the drop.
-    Drop,
-}
+/// Re-exported where it was, for the tests and benches that name it from here.
+pub use crate::limits::SlowConsumer;
 
 /// The result of offering a data frame to a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

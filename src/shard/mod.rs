@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 
 use crate::connection::outbound::{Frame, FrameBytes};
-use crate::connection::{Connection, Delivery, SlowConsumer};
+use crate::connection::{Connection, Delivery};
 use crate::grants::{Grant, Grants};
 use crate::ids::{ConnectionId, RequestId, ShardId};
+use crate::limits::SlowConsumer;
 use crate::protocol::message::{self, Command, Message, Sender};
 use crate::protocol::reply::{self, ErrorCode};
 use crate::protocol::ws::{self, Opcode};
