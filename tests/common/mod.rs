@@ -24,7 +24,6 @@ pub const CLIENT_KEY: &str = "test-client-key";
 
 /// How long `recv` waits before declaring the server silent.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long `expect_silence` callers usually listen.
 pub const SILENCE: Duration = Duration::from_millis(300);
 /// How long the server gets to print `listening on`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -278,6 +277,28 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// `settle` twice: every chain of cross-shard mail of up to three hops that began before
+    /// the call has been handled (`settle` alone orders 0 → 1 before 1 → 0, so it finishes a
+    /// 0 → 1 → 0 chain but not a 1 → 0 → 1 one). Use it before `sync` on a connection to prove
+    /// that no reply from another shard is on its way to it: a `no-responder` from a topic's
+    /// owner, a delivery from a topic's owner, a reply to an `INT` from the target's shard.
+    pub fn settle_replies(&self) {
+        self.settle();
+        self.settle();
+    }
+
+    /// A service on `shard` subscribed to `topic`, with the subscription in effect everywhere.
+    /// As a witness: a shard hands each message to all its local subscribers in one step, so
+    /// once the witness has a message, anyone else on its shard who (wrongly) got it has it
+    /// queued too, and that connection's `sync` (whose reply is queued behind it) shows it.
+    pub fn subscriber_on(&self, shard: u16, topic: &str) -> Client {
+        let mut sub = self.service_on(shard);
+        sub.send_text(&msg("SUB", topic, &[], ""));
+        sub.sync();
+        self.settle();
+        sub
     }
 
     pub fn service_on(&self, shard: u16) -> Client {
@@ -566,7 +587,29 @@ impl Client {
         body.trim_end().to_owned()
     }
 
-    /// Panics if any data message or close arrives within `duration`.
+    /// The next event must be exactly `marker` (see `Marker`): nothing was queued for this
+    /// connection ahead of it.
+    pub fn expect_marker(&mut self, marker: &Marker) {
+        let got = match self.next_event(RECV_TIMEOUT) {
+            Event::Message(m) => m,
+            other => {
+                panic!("{} expected the marker {:?} next, got {other:?}", self.who(), marker.body)
+            }
+        };
+        let p = got.parse();
+        assert!(
+            p.first_line == format!("PUB {}", marker.topic)
+                && p.header("Cid") == Some(marker.cid.as_str())
+                && p.body == format!("{}\r\n", marker.body).as_bytes(),
+            "{} expected the marker {:?} on {} from {} next, got {got:?}",
+            self.who(),
+            marker.body,
+            marker.topic,
+            marker.cid
+        );
+    }
+
+    /// TEMPORARY while the files are converted to markers; removed at the end.
     pub fn expect_silence(&mut self, duration: Duration) {
         match self.next_event(duration) {
             Event::Timeout => {}
@@ -636,6 +679,41 @@ pub fn tell(from: &mut Client, to: &mut Client) {
         "hand-off message from {}",
         from.cid
     );
+}
+
+/// A unique message published on a topic to prove that something else did not arrive: the
+/// receiver's next event must be the marker (`Client::expect_marker`), so anything that was
+/// (wrongly) on its way ahead of the marker shows up instead of it. No waiting is involved.
+///
+/// Why it is exact (PROTOCOL.md §7 and the two-shard harness):
+/// - What `publisher` published on `topic` before the marker reaches every subscriber before
+///   it (one publisher's messages on one topic keep their order).
+/// - A shard handles each connection's input in order and mail between two shards is first in,
+///   first out (see `Server::settle`). So anything *another* connection on the publisher's shard
+///   had done before the test sent the marker (a PUB that should have been refused, a message
+///   that should have been dropped with its sender's close) would also have passed the topic's
+///   owner, and the receiver's shard, ahead of the marker. Publish the marker from a service on
+///   the offender's shard (`Server::service_on(offender.shard())`), after the offender's reply
+///   (its error, its close frame) has been seen.
+pub struct Marker {
+    pub topic: String,
+    pub cid: String,
+    pub body: String,
+}
+
+impl Marker {
+    /// `publisher` (a service, or a client granted `EPUB topic`) publishes a fresh marker.
+    pub fn publish(publisher: &mut Client, topic: &str) -> Marker {
+        let body = format!("marker {}", unique());
+        publisher.send_text(&msg("PUB", topic, &[], &body));
+        Marker { topic: topic.to_owned(), cid: publisher.cid.clone(), body }
+    }
+}
+
+/// `publisher` publishes a marker on `topic` and `receiver`'s next event must be that marker.
+pub fn expect_marker_next(publisher: &mut Client, topic: &str, receiver: &mut Client) {
+    let marker = Marker::publish(publisher, topic);
+    receiver.expect_marker(&marker);
 }
 
 /// Waits for the first message on any of `clients`; returns its index and the message.
