@@ -301,6 +301,34 @@ impl Server {
         sub
     }
 
+    /// Returns once the broker has forgotten the connection `cid` (`Shard::disconnect` has
+    /// run for it, with all its clean-up): `probe`, a service, sends `INT UID` for it until the
+    /// answer is `no-connection`. Each try is exact: after `settle_replies` the INT's answer,
+    /// if any, is queued ahead of a marker on the probe's private topic. Panics after 5 s.
+    pub fn await_forgotten(&self, probe: &mut Client, cid: &str) {
+        let private = format!("MSG:{}", probe.cid);
+        let gone = error("no-connection", None, "No client for INT UID");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            probe.send_text(&msg("INT", "UID", &[("forcid", cid), ("setuid", "forgotten")], ""));
+            self.settle_replies();
+            let marker = Marker::publish(probe, &private);
+            let m = probe.recv();
+            if m.data == gone.as_bytes() {
+                probe.expect_marker(&marker);
+                return;
+            }
+            let p = m.parse();
+            assert_eq!(
+                (p.first_line, show(&p.body)),
+                (format!("PUB {private}"), show(format!("{}\r\n", marker.body).as_bytes())),
+                "{} expected `no-connection` or its marker",
+                probe.who()
+            );
+            assert!(Instant::now() < deadline, "the broker never forgot connection {cid}");
+        }
+    }
+
     pub fn service_on(&self, shard: u16) -> Client {
         self.connect_on_shard(SERVICE_KEY, shard)
     }
@@ -518,6 +546,25 @@ impl Client {
         }
     }
 
+    /// Reads until the server's next ping and returns its payload; panics if a data message,
+    /// a close or the end of the connection comes first, or nothing within `timeout`.
+    /// tungstenite queues the pong as it reads the ping and sends it on the next read or
+    /// write, so the ping is answered.
+    pub fn expect_ping(&mut self, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Ping(payload)) => return payload.to_vec(),
+                Ok(Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(other) => panic!("{} expected a ping, got {other:?}", self.who()),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("{} expected a ping, the connection ended: {e}", self.who()),
+            }
+            assert!(Instant::now() < deadline, "{} got no ping within {timeout:?}", self.who());
+        }
+    }
+
     /// The next data message, or a panic after `RECV_TIMEOUT`.
     pub fn recv(&mut self) -> Received {
         self.recv_within(RECV_TIMEOUT)
@@ -607,6 +654,15 @@ impl Client {
             marker.topic,
             marker.cid
         );
+    }
+
+    /// The connection must end (EOF or reset) with no further message or close frame; panics
+    /// if anything else comes or it is still open after `RECV_TIMEOUT`.
+    pub fn expect_end(&mut self) {
+        match self.next_event(RECV_TIMEOUT) {
+            Event::Gone(_) => {}
+            other => panic!("{} expected the connection to end, got {other:?}", self.who()),
+        }
     }
 
     /// TEMPORARY while the files are converted to markers; removed at the end.
