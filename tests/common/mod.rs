@@ -24,7 +24,6 @@ pub const CLIENT_KEY: &str = "test-client-key";
 
 /// How long `recv` waits before declaring the server silent.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(3);
-pub const SILENCE: Duration = Duration::from_millis(300);
 /// How long the server gets to print `listening on`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Granularity of every blocking read, so deadlines are checked often.
@@ -276,6 +275,34 @@ impl Server {
                     tell(a, b);
                 }
             }
+        }
+    }
+
+    /// Returns once the broker's end of `peer` (a connection to this server) has nothing left
+    /// in its receive queue, that is, the broker has read everything `peer` sent so far. Reads
+    /// the queue from `/proc/net/tcp`; panics after 5 s or if the socket is not listed.
+    pub fn await_read_all(&self, peer: &TcpStream) {
+        let client_port = peer.local_addr().expect("peer address").port();
+        // /proc/net/tcp writes 127.0.0.1:port as `0100007F:PPPP` (address in host order).
+        let local = format!("0100007F:{:04X}", self.port);
+        let remote = format!("0100007F:{client_port:04X}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+            let queue = table.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.len() > 4 && fields[1] == local && fields[2] == remote).then(|| {
+                    let (_tx, rx) = fields[4].split_once(':').expect("tx_queue:rx_queue");
+                    u64::from_str_radix(rx, 16).expect("hex rx_queue")
+                })
+            });
+            match queue {
+                Some(0) => return,
+                Some(_) => {}
+                None => panic!("the broker's end of {remote} is not in /proc/net/tcp"),
+            }
+            assert!(Instant::now() < deadline, "the broker did not read what {remote} sent");
+            thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -665,14 +692,6 @@ impl Client {
         }
     }
 
-    /// TEMPORARY while the files are converted to markers; removed at the end.
-    pub fn expect_silence(&mut self, duration: Duration) {
-        match self.next_event(duration) {
-            Event::Timeout => {}
-            other => panic!("{} expected silence for {duration:?}, got {other:?}", self.who()),
-        }
-    }
-
     /// The next event must be a close frame with a code; returns `(code, reason)`.
     pub fn expect_close(&mut self) -> (u16, String) {
         self.expect_close_within(RECV_TIMEOUT)
@@ -986,6 +1005,9 @@ pub fn tcp_with_small_receive_buffer(port: u16, bytes: i32) -> TcpStream {
     }
 }
 
+/// The mask `RawWs::send_frame` puts on every frame (any value will do; RFC 6455 wants one).
+pub const RAW_MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
 /// One frame as it came off the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawFrame {
@@ -1061,21 +1083,8 @@ impl RawWs {
 
     /// Sends one masked frame.
     pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
-        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-        let mut out = vec![(u8::from(fin) << 7) | opcode];
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len <= 0xffff {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&out).expect("raw ws write");
+        let frame = client_frame((u8::from(fin) << 7) | opcode, payload, None, Some(RAW_MASK));
+        self.stream.write_all(&frame).expect("raw ws write");
     }
 
     /// Reads one frame, or panics after `RECV_TIMEOUT`.
