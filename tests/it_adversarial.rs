@@ -65,6 +65,7 @@ impl Bystander {
                     headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
                 publisher.send_text(&msg("PUB", STEADY, &headers, "tick"));
                 seq += 1;
+                // Pacing: a steady trickle, not a load.
                 thread::sleep(STEADY_INTERVAL);
             }
             publisher.send_text(&msg("PUB", STEADY, &[("Seq", &seq.to_string())], "end"));
@@ -76,6 +77,8 @@ impl Bystander {
 
     /// Stops the stream and checks what the subscriber saw.
     fn finish(mut self) {
+        // Pacing, not a proof: the stream runs a little past the attack's end, so a stall the
+        // attack left behind shows in the last messages' delays.
         thread::sleep(Duration::from_millis(100));
         self.stop.store(true, Ordering::Relaxed);
         let publisher = self.publisher.take().expect("finish runs once");
@@ -211,6 +214,7 @@ fn login_eventually(server: &Server) -> Client {
             Ok(c) => return c,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("login refused for now: {e}");
+                // Pacing between retries; the loop waits for the login itself.
                 thread::sleep(Duration::from_millis(100));
             }
             Err(e) => panic!("no login possible after the attack: {e}"),
@@ -337,7 +341,10 @@ fn huge_64_bit_lengths_close_with_1009_without_the_server_allocating_them() {
     // it must hold only what arrived.
     let (mut waiting, _) = RawWs::connect_on_shard(server.port, SERVICE_KEY, 0);
     waiting.send_raw(&client_frame(FIN | BINARY, &[b'x'; 1024], Some(limit), MASK));
-    thread::sleep(Duration::from_millis(300));
+    // Once the server's socket holds none of it, the broker has read the header and the
+    // start; a sync on another connection of its shard then lets the reader finish the step.
+    server.await_read_all(waiting.stream());
+    server.service_on(0).sync();
     let after = server.rss_bytes();
     assert!(
         after < before + (16 << 20),
@@ -420,7 +427,8 @@ fn messages_exactly_at_max_message_bytes_pass_and_one_byte_over_closes_with_1009
     raw.send_frame(false, TEXT, &bytes[..LIMIT]);
     raw.send_frame(true, CONT, &bytes[LIMIT..]);
     expect_closed(&mut raw, 1009, "message too big", "fragmented, one byte over");
-    sub.expect_silence(SILENCE);
+    // Not relayed: a later PUB from the closed peer's shard is the first thing on the topic.
+    expect_marker_next(&mut server.service_on(0), "Exact", &mut sub);
     server.assert_serving();
     bystander.finish();
 }
@@ -462,6 +470,7 @@ fn slowloris_upgrade_is_cut_off_by_the_auth_timeout() {
         }
         sent += 1;
         assert!(sent < request.len(), "the whole request went out before any cut-off");
+        // Pacing: the attack is one byte per peer every 200 ms.
         thread::sleep(Duration::from_millis(200));
     }
     for (_, closed) in &peers {
@@ -647,6 +656,9 @@ fn replies_to_a_peer_that_never_reads_stay_bounded() {
             }
             sent += chunk.len();
         }
+        // Not a proof of absence, and no event marks it: the broker keeps working through
+        // what it has read for a while after the writes stall, and the memory sample is taken
+        // once it has had time to (the bound, not the wait, is the check).
         thread::sleep(Duration::from_millis(500));
         let after = server.rss_bytes();
         eprintln!("{what}: sent {sent} bytes; server memory {before} -> {after}");
@@ -715,11 +727,19 @@ fn subscription_flood_past_the_limit_gets_limit_errors() {
     attacker.expect_error("limit", "Limit reached: subscriptions SUB T78");
     attacker.sync();
     let mut publisher = server.service_on(1);
+    let mut witness = server.subscriber_on(attacker.shard(), "T78");
+    witness.send_text(&msg("SUB", "T0", &[], ""));
+    witness.sync();
+    server.settle();
     publisher.send_text(&msg("PUB", "T79", &[], "made it"));
     publisher.send_text(&msg("PUB", "T78", &[], "refused"));
     publisher.send_text(&msg("PUB", "T0", &[], "unsubscribed"));
     attacker.expect_text(&relayed("PUB", "T79", &[], &publisher.cid, "", "made it"));
-    attacker.expect_silence(SILENCE);
+    // The witness on the attacker's shard has the other two, so the attacker would have them
+    // queued ahead of its sync.
+    witness.expect_text(&relayed("PUB", "T78", &[], &publisher.cid, "", "refused"));
+    witness.expect_text(&relayed("PUB", "T0", &[], &publisher.cid, "", "unsubscribed"));
+    attacker.sync();
     server.assert_serving();
     bystander.finish();
 }
@@ -803,7 +823,8 @@ fn pending_requests_past_the_limit_get_limit_errors() {
         assert_eq!(p.header("ReqID"), Some(format!("q{i}").as_str()));
         rids.push(p.header("Rid").expect("Rid").to_owned());
     }
-    responder.expect_silence(SILENCE);
+    // q5 to q7 were not delivered: q8, sent later on the same path, is the next REQ the
+    // responder gets (below).
     // One answer makes room for one more request.
     responder.send_text(&msg("RES", "Work", &[("Rid", &rids[0])], "done"));
     let p = requester.recv().parse();
@@ -861,19 +882,24 @@ fn guessed_rids_get_no_request_and_the_requester_gets_the_real_answer() {
         for _ in &guesses {
             guesser.expect_error("no-request", "No client for request ID  RES Svc");
         }
-        guesser.expect_silence(Duration::from_millis(50));
+        // One error each and nothing else: the sync's reply comes next.
+        guesser.sync();
     }
     // The other registered responder may not answer it either.
     other_responder.send_text(&msg("RES", "Svc", &[("Rid", &rid.to_string())], "forged"));
     other_responder.expect_error("no-request", "No client for request ID  RES Svc");
-    requester.expect_silence(SILENCE);
+    // No forgery reached the requester: once every shard has answered every other, it would
+    // be queued ahead of the real answer, which must come next.
+    server.settle_replies();
     // The real answer arrives, once.
     responder.send_text(&msg("RES", "Svc", &[("Rid", &rid.to_string())], "answer"));
     let got = requester.recv().parse();
     assert_eq!(got.header("Cid"), Some(responder.cid.as_str()));
     assert_eq!((got.header("ReqID"), got.body.as_slice()), (Some("real"), &b"answer\r\n"[..]));
     assert_eq!(got.header("Rid"), None);
-    requester.expect_silence(SILENCE);
+    // Once: a second copy would be queued ahead of the sync's reply.
+    server.settle_replies();
+    requester.sync();
     responder.send_text(&msg("RES", "Svc", &[("Rid", &rid.to_string())], "again"));
     responder.expect_error("no-request", "No client for request ID  RES Svc");
     other_responder.send_text(&msg("RES", "Svc", &[("Rid", &filler_rid)], "filled"));
@@ -1014,7 +1040,8 @@ fn spoofed_ids_cannot_reach_a_lax_receiver() {
             publisher.expect_malformed();
         }
     }
-    publisher.expect_silence(Duration::from_millis(50));
+    // No stray error for the publisher: the sync's reply comes next.
+    publisher.sync();
     assert!(failures.is_empty(), "lines a lax receiver reads as ids:\n{}", failures.join("\n"));
     server.assert_serving();
     bystander.finish();
@@ -1034,10 +1061,15 @@ fn a_reqid_from_a_binary_req_keeps_a_text_res_utf8() {
     requester.send_binary(b"REQ Bin\r\nReqID: \xff\xfe\r\n\r\nq\r\n.\r\n");
     // The broker refuses such a ReqID outright (docs/PROTOCOL.md §6).
     requester.expect_error("malformed", "Malformed message: ReqID must be UTF-8");
-    responder.expect_silence(Duration::from_millis(200));
+    // The refused REQ was not delivered: the next one, on the same path, is the first the
+    // responder gets (its ReqID is checked below).
     // A UTF-8 ReqID in a binary REQ answered in text comes back as valid text.
     requester.send_binary("REQ Bin\r\nReqID: h\u{e9}\r\n\r\nq\r\n.\r\n".as_bytes());
     let req = responder.recv();
+    assert!(
+        req.data.windows(12).any(|w| w == "ReqID: h\u{e9}\r\n".as_bytes()),
+        "the responder's first REQ is not the second one sent: {req:?}"
+    );
     let at = req.data.windows(7).position(|w| w == b"\r\nRid: ").expect("Rid") + 7;
     let rid: String =
         req.data[at..].iter().take_while(|b| b.is_ascii_digit()).map(|&b| char::from(b)).collect();
@@ -1198,7 +1230,8 @@ fn a_huge_number_of_headers_is_refused_at_once() {
     attacker.send_text(&format!("PUB Hdr\r\n{many}\r\nbody\r\n.\r\n"));
     assert_eq!(attacker.expect_malformed(), "Malformed message: too many headers");
     assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
-    sub.expect_silence(SILENCE);
+    // Neither refused PUB was relayed: the attacker's next PUB on the topic comes next.
+    expect_marker_next(&mut attacker, "Hdr", &mut sub);
     server.assert_serving();
     bystander.finish();
 }

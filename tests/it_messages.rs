@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use tungstenite::protocol::frame::coding::Data;
 
@@ -211,7 +209,8 @@ fn several_messages_in_one_websocket_message_are_handled_in_order() {
     sub.expect_text(&relayed("PUB", "T", &[("N", "2")], &publisher.cid, "", "two"));
     sub.expect_text(&delivered("T", &[("N", "3")], &publisher.cid, "three\n"));
     sub.expect_text(&relayed("PUB", "T", &[("N", "4")], &publisher.cid, "", ""));
-    sub.expect_silence(SILENCE);
+    // Nothing else from the batch reached T: the publisher's next message on T comes next.
+    expect_marker_next(&mut publisher, "T", &mut sub);
     publisher.expect_text(&relayed("PUB", "Self", &[], &publisher.cid, "", "to myself"));
 }
 
@@ -251,7 +250,8 @@ fn errors_about_binary_input_come_in_text_frames() {
     publisher.expect_malformed();
     publisher.send_binary(b"FOO T\r\n\r\n.\r\n");
     publisher.expect_error("unknown-command", "Unknown command FOO T");
-    sub.expect_silence(SILENCE);
+    // Neither was relayed: the publisher's next message on T is the first thing on T.
+    expect_marker_next(&mut publisher, "T", &mut sub);
 }
 
 #[test]
@@ -268,8 +268,10 @@ fn publisher_receives_its_own_pub_when_subscribed() {
     let expected = relayed("PUB", "T", &[], &a.cid, "", "from a");
     a.expect_text(&expected);
     b.expect_text(&expected);
-    a.expect_silence(SILENCE);
-    b.expect_silence(Duration::from_millis(50));
+    // Each got it once: a's next message on T is the next thing either receives.
+    let marker = Marker::publish(&mut a, "T");
+    a.expect_marker(&marker);
+    b.expect_marker(&marker);
 }
 
 #[test]
@@ -343,7 +345,7 @@ fn check_malformed(
     publisher.send_text(&payload);
     sub.expect_text(&relayed("PUB", "T", &[], &publisher.cid, "", &format!("before {n}")));
     let text = publisher.expect_malformed();
-    sub.expect_silence(SILENCE);
+    // good2 was skipped: the publisher's next message on T (good3) is the next thing on T.
     publisher.send_text(&good3);
     sub.expect_text(&relayed("PUB", "T", &[], &publisher.cid, "", &format!("later {n}")));
     text
@@ -411,7 +413,8 @@ fn topic_length_limit_is_enforced_exactly() {
     );
     sub.expect_text(&relayed("PUB", &longest, &[], &publisher.cid, "", &format!("a{n}")));
     publisher.expect_malformed();
-    sub.expect_silence(SILENCE);
+    // Neither the over-long PUB nor the one skipped after it reached the subscriber.
+    expect_marker_next(&mut publisher, &longest, &mut sub);
 }
 
 #[test]
@@ -450,7 +453,9 @@ fn websocket_message_over_max_message_bytes_closes_with_1009() {
     publisher.send_text(&pub_of_len(4097));
     let (code, _) = publisher.expect_close();
     assert_eq!(code, 1009);
-    sub.expect_silence(SILENCE);
+    // The oversize PUB was not relayed: a later PUB on T from the closed publisher's shard
+    // is the first thing on T (see `Marker`).
+    expect_marker_next(&mut server.service_on(publisher.shard()), "T", &mut sub);
     server.assert_serving();
 }
 
@@ -463,7 +468,9 @@ fn fragmented_message_over_max_message_bytes_closes_with_1009() {
     publisher.send_frame(frame(Data::Continue, true, &big.as_bytes()[3000..]));
     let (code, _) = publisher.expect_close();
     assert_eq!(code, 1009);
-    sub.expect_silence(SILENCE);
+    // The oversize PUB was not relayed: a later PUB on T from the closed publisher's shard
+    // is the first thing on T (see `Marker`).
+    expect_marker_next(&mut server.service_on(publisher.shard()), "T", &mut sub);
     server.assert_serving();
 }
 
@@ -474,7 +481,9 @@ fn invalid_utf8_in_a_text_frame_closes_with_1007() {
     publisher.send_frame(frame(Data::Text, true, b"PUB T\r\n\r\n\xff\xfe bad\r\n.\r\n"));
     let (code, _) = publisher.expect_close();
     assert_eq!(code, 1007);
-    sub.expect_silence(SILENCE);
+    // The invalid PUB was not relayed: a later PUB on T from the closed publisher's shard is
+    // the first thing on T (see `Marker`).
+    expect_marker_next(&mut server.service_on(publisher.shard()), "T", &mut sub);
     server.assert_serving();
 }
 
@@ -487,6 +496,8 @@ fn invalid_utf8_split_across_fragments_closes_with_1007() {
     publisher.send_frame(frame(Data::Continue, true, b"(\r\n.\r\n"));
     let (code, _) = publisher.expect_close();
     assert_eq!(code, 1007);
-    sub.expect_silence(SILENCE);
+    // The invalid PUB was not relayed: a later PUB on T from the closed publisher's shard is
+    // the first thing on T (see `Marker`).
+    expect_marker_next(&mut server.service_on(publisher.shard()), "T", &mut sub);
     server.assert_serving();
 }

@@ -30,6 +30,7 @@ fn sighup_reloads_the_keys_file_and_keeps_connections() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.try_connect("second-service").is_err() {
         assert!(Instant::now() < deadline, "the new key was not accepted after SIGHUP");
+        // Pacing between tries: the loop waits for the login itself to succeed.
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(server.try_connect("first-service").is_err(), "a removed key still works");

@@ -86,6 +86,20 @@ fn responder(server: &Server, shard: u16, topic: &str, requesters: &mut [&mut Cl
     svc
 }
 
+/// Proves that nothing more is on its way to `requester` or `responder` (the only responder for
+/// `topic`): once every shard has answered every other, a fresh REQ must be the next thing the
+/// responder gets and its RES the next thing the requester gets. They take the paths earlier
+/// REQs and RESs took, so a duplicate or a stray error would come first.
+fn round_trip(server: &Server, requester: &mut Client, responder: &mut Client, topic: &str) {
+    server.settle_replies();
+    let body = format!("round trip {}", unique());
+    requester.send_text(&msg("REQ", topic, &[], &body));
+    let rid = expect_req(responder, topic, &[], &requester.cid, &body);
+    responder.send_text(&msg("RES", topic, &[("Rid", &rid)], &body));
+    let cid = responder.cid.clone();
+    expect_res(requester, topic, None, &cid, &[], &body);
+}
+
 #[test]
 fn req_reaches_the_responder_and_res_comes_back_across_shards() {
     let server = Server::start(&[]);
@@ -99,8 +113,8 @@ fn req_reaches_the_responder_and_res_comes_back_across_shards() {
         // The service does not copy ReqID: the server restores it.
         svc.send_text(&msg("RES", &topic, &[("Rid", &rid), ("X-Answer", "42")], "pong"));
         expect_res(&mut cli, &topic, Some("abc123"), &svc.cid, &[("X-Answer", "42")], "pong");
-        svc.expect_silence(Duration::from_millis(100));
-        cli.expect_silence(Duration::from_millis(100));
+        // Delivered once each way, and nothing else.
+        round_trip(&server, &mut cli, &mut svc, &topic);
     }
 }
 
@@ -188,24 +202,21 @@ fn unanswered_requests_split_evenly_between_two_responders() {
     }
     let mut seen = HashSet::new();
     let mut counts = [0usize; 2];
-    for (i, r) in [&mut r0, &mut r1].into_iter().enumerate() {
-        loop {
-            match r.next_event(Duration::from_millis(500)) {
-                Event::Message(m) => {
-                    let p = m.parse();
-                    assert_eq!(p.first_line, "REQ LB");
-                    let q = p.header("ReqID").unwrap().to_owned();
-                    assert!(seen.insert(q.clone()), "{q} delivered twice");
-                    counts[i] += 1;
-                }
-                Event::Timeout => break,
-                other => panic!("responder {i}: {other:?}"),
-            }
-        }
+    for _ in 0..6 {
+        let (i, m) = recv_any(&mut [&mut r0, &mut r1]);
+        let p = m.parse();
+        assert_eq!(p.first_line, "REQ LB");
+        let q = p.header("ReqID").unwrap().to_owned();
+        assert!(seen.insert(q.clone()), "{q} delivered twice");
+        counts[i] += 1;
     }
-    assert_eq!(seen.len(), 6, "every REQ delivered once: {seen:?}");
     assert_eq!(counts, [3, 3], "fewest-in-flight with round-robin ties");
-    cli.expect_silence(Duration::from_millis(50));
+    // No seventh delivery and no error for the requester: once every shard has answered every
+    // other, either would be queued ahead of the syncs' replies.
+    server.settle_replies();
+    r0.sync();
+    r1.sync();
+    cli.sync();
 }
 
 #[test]
@@ -227,7 +238,10 @@ fn a_busy_responder_loses_to_an_idle_one_even_when_round_robin_says_otherwise() 
     cli.send_text(&msg("REQ", "LB", &[("ReqID", "q1")], ""));
     let m1 = rs[y].recv().parse();
     assert_eq!(m1.header("ReqID"), Some("q1"), "q1 went to the idle responder");
-    rs[x].expect_silence(Duration::from_millis(100));
+    // Not to x as well: once every shard has answered every other, it would be queued ahead
+    // of x's sync.
+    server.settle_replies();
+    rs[x].sync();
     // y answers q1: now x has one in flight and y none. Round-robin alone would pick x next.
     let rid1 = m1.header("Rid").unwrap().to_owned();
     rs[y].send_text(&msg("RES", "LB", &[("Rid", &rid1)], "a1"));
@@ -240,7 +254,8 @@ fn a_busy_responder_loses_to_an_idle_one_even_when_round_robin_says_otherwise() 
         Some("q2"),
         "q2 must go to the responder with nothing in flight"
     );
-    rs[x].expect_silence(SILENCE);
+    server.settle_replies();
+    rs[x].sync();
     // x can still answer q0.
     rs[x].send_text(&msg("RES", "LB", &[("Rid", &rid0)], "a0"));
     let cid_x = rs[x].cid.clone();
@@ -268,7 +283,9 @@ fn res_from_another_connection_is_no_request_and_the_real_responder_still_answer
     // Nor does the requester answering its own request.
     cli.send_text(&msg("RES", "T", &[("Rid", &rid)], "self"));
     cli.expect_error("no-request", "No client for request ID  RES T");
-    cli.expect_silence(SILENCE);
+    // None of the forgeries reached the requester: once every shard has answered every
+    // other, they would be queued ahead of the genuine answer, which must come next.
+    server.settle_replies();
 
     real.send_text(&msg("RES", "T", &[("Rid", &rid)], "genuine"));
     expect_res(&mut cli, "T", Some("r"), &real.cid, &[], "genuine");
@@ -289,7 +306,9 @@ fn another_registered_responder_may_not_answer_either() {
     let y = 1 - x;
     rs[y].send_text(&msg("RES", "T", &[("Rid", &rid)], "not mine"));
     rs[y].expect_error("no-request", "No client for request ID  RES T");
-    cli.expect_silence(SILENCE);
+    // Not relayed: once every shard has answered every other, it would be queued ahead of
+    // the real answer, which must come next.
+    server.settle_replies();
     rs[x].send_text(&msg("RES", "T", &[("Rid", &rid)], "mine"));
     let cid_x = rs[x].cid.clone();
     expect_res(&mut cli, "T", None, &cid_x, &[], "mine");
@@ -306,7 +325,9 @@ fn res_twice_the_second_gets_no_request() {
     expect_res(&mut cli, "T", None, &svc.cid, &[], "first");
     svc.send_text(&msg("RES", "T", &[("Rid", &rid)], "second"));
     svc.expect_error("no-request", "No client for request ID  RES T");
-    cli.expect_silence(SILENCE);
+    // The second was not relayed: it would be queued ahead of the sync's reply.
+    server.settle_replies();
+    cli.sync();
 }
 
 #[test]
@@ -318,8 +339,8 @@ fn res_without_rid_is_malformed() {
     let rid = expect_req(&mut svc, "T", &[], &cli.cid, "q");
     svc.send_text(&msg("RES", "T", &[("X", "1")], "no rid"));
     svc.expect_malformed();
-    cli.expect_silence(SILENCE);
-    // The pending request is untouched.
+    // Nothing was relayed and the pending request is untouched: the next RES from the same
+    // responder (the same path) is the next thing the requester gets.
     svc.send_text(&msg("RES", "T", &[("Rid", &rid)], "ok"));
     expect_res(&mut cli, "T", None, &svc.cid, &[], "ok");
 }
@@ -361,7 +382,9 @@ fn req_with_no_responder_gets_no_responder() {
         svc.expect_error_with_req_id("no-responder", "r1", "No responder for REQ Nobody");
         svc.send_text(&msg("REQ", "Nobody", &[], "hi"));
         svc.expect_error("no-responder", "No responder for REQ Nobody");
-        svc.expect_silence(Duration::from_millis(100));
+        // One error per REQ: a third REQ's error (the same path) comes next.
+        svc.send_text(&msg("REQ", "Nobody", &[("ReqID", "r3")], "hi"));
+        svc.expect_error_with_req_id("no-responder", "r3", "No responder for REQ Nobody");
     }
 }
 
@@ -384,7 +407,10 @@ fn req_after_every_responder_left_gets_no_responder() {
     cli.expect_error_with_req_id("no-responder", "b", "No responder for REQ T");
     // A new responder is not handed an old request.
     let mut again = responder(&server, 0, "T", &mut [&mut cli]);
-    again.expect_silence(SILENCE);
+    // An old request would have been assigned when the registration reached T's owner, ahead
+    // of this REQ on the same path: this one must be the first the new responder gets.
+    cli.send_text(&msg("REQ", "T", &[("ReqID", "c")], "new"));
+    expect_req(&mut again, "T", &[("ReqID", "c")], &cli.cid, "new");
 }
 
 #[test]
@@ -406,7 +432,11 @@ fn responder_disconnecting_before_answering_gives_responder_lost() {
             &format!("Responder lost for REQ {topic}"),
         );
         b.expect_error("responder-lost", &format!("Responder lost for REQ {topic}"));
-        a.expect_silence(Duration::from_millis(100));
+        // One error each: once every shard has answered every other, a second would be
+        // queued ahead of the syncs' replies.
+        server.settle_replies();
+        a.sync();
+        b.sync();
     }
 }
 
@@ -416,33 +446,32 @@ fn requests_move_to_the_remaining_responder_after_one_leaves() {
     let mut cli = server.client_on(0);
     let r0 = responder(&server, 0, "T", &mut [&mut cli]);
     let mut r1 = responder(&server, 1, "T", &mut [&mut cli]);
+    let r0_cid = r0.cid.clone();
     drop(r0);
-    // Wait until the server has noticed: a REQ lands on r1 or fails; retry a few times.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut delivered = 0;
-    let mut i = 0;
-    while delivered < 4 {
-        assert!(Instant::now() < deadline, "REQs never settled on the remaining responder");
-        i += 1;
-        cli.send_text(&msg("REQ", "T", &[("ReqID", &format!("q{i}"))], ""));
-        match r1.next_event(Duration::from_millis(200)) {
-            Event::Message(m) => {
-                let rid = m.parse().header("Rid").unwrap().to_owned();
-                r1.send_text(&msg("RES", "T", &[("Rid", &rid)], "ok"));
-                let q = format!("q{i}");
-                expect_res(&mut cli, "T", Some(&q), &r1.cid, &[], "ok");
-                delivered += 1;
-            }
-            Event::Timeout => {
-                // It went to the departed responder: the requester must hear about it.
-                let text = cli.recv_text();
-                assert_eq!(
-                    text,
-                    error("responder-lost", Some(&format!("q{i}")), "Responder lost for REQ T")
-                );
-            }
-            other => panic!("r1: {other:?}"),
-        }
+    // Sent at once, the REQ races the broker noticing the close: it reaches r1, or it went to
+    // r0 and the requester hears `responder-lost`. One of the two must happen.
+    cli.send_text(&msg("REQ", "T", &[("ReqID", "q0")], ""));
+    let (who, m) = recv_any(&mut [&mut cli, &mut r1]);
+    if who == 0 {
+        assert_eq!(
+            show(&m.data),
+            show(error("responder-lost", Some("q0"), "Responder lost for REQ T").as_bytes())
+        );
+    } else {
+        let rid = m.parse().header("Rid").unwrap().to_owned();
+        r1.send_text(&msg("RES", "T", &[("Rid", &rid)], "ok"));
+        expect_res(&mut cli, "T", Some("q0"), &r1.cid, &[], "ok");
+    }
+    // Once the broker has forgotten r0 and its unregistration has reached T's owner, every
+    // REQ goes to r1.
+    server.await_forgotten(&mut r1, &r0_cid);
+    server.settle_replies();
+    for i in 1..=4 {
+        let q = format!("q{i}");
+        cli.send_text(&msg("REQ", "T", &[("ReqID", &q)], ""));
+        let rid = expect_req(&mut r1, "T", &[("ReqID", &q)], &cli.cid, "");
+        r1.send_text(&msg("RES", "T", &[("Rid", &rid)], "ok"));
+        expect_res(&mut cli, "T", Some(&q), &r1.cid, &[], "ok");
     }
 }
 
@@ -463,7 +492,9 @@ fn unanswered_request_times_out_and_a_late_res_is_no_request() {
     assert!(elapsed < Duration::from_millis(2500), "500ms timeout took {elapsed:?}");
     svc.send_text(&msg("RES", "Slow", &[("Rid", &rid)], "too late"));
     svc.expect_error("no-request", "No client for request ID  RES Slow");
-    cli.expect_silence(SILENCE);
+    // The late RES was not relayed: it would be queued ahead of the sync's reply.
+    server.settle_replies();
+    cli.sync();
 }
 
 #[test]
@@ -475,17 +506,28 @@ fn answered_request_does_not_time_out_later() {
     let rid = expect_req(&mut svc, "T", &[("ReqID", "x")], &cli.cid, "");
     svc.send_text(&msg("RES", "T", &[("Rid", &rid)], "in time"));
     expect_res(&mut cli, "T", Some("x"), &svc.cid, &[], "in time");
-    cli.expect_silence(Duration::from_millis(900));
+    // A second REQ, left unanswered, times out after the first one's deadline would have
+    // passed; the requester's shard expires requests in deadline order and queues the
+    // errors in that order, so its timeout must be the next message, with no `timeout` for x
+    // ahead of it.
+    cli.send_text(&msg("REQ", "T", &[("ReqID", "y")], ""));
+    expect_req(&mut svc, "T", &[("ReqID", "y")], &cli.cid, "");
+    cli.expect_error_with_req_id("timeout", "y", "Request timed out REQ T");
 }
 
 #[test]
 fn request_timeout_zero_waits_forever() {
-    let server = Server::start(&["--request-timeout", "0"]);
+    // The broker's keep-alive pings are its own clock: a quiet connection is pinged only an
+    // interval after it was last heard from, and the ping is queued behind anything queued
+    // for it before, such as a `timeout` error.
+    let server = Server::start(&["--request-timeout", "0", "--ping-interval", "300ms"]);
     let mut cli = server.client_on(0);
     let mut svc = responder(&server, 1, "T", &mut [&mut cli]);
     cli.send_text(&msg("REQ", "T", &[("ReqID", "z")], ""));
     let rid = expect_req(&mut svc, "T", &[("ReqID", "z")], &cli.cid, "");
-    cli.expect_silence(Duration::from_millis(1500));
+    // Two pings: at least two intervals have passed at the requester's shard with no error.
+    cli.expect_ping(RECV_TIMEOUT);
+    cli.expect_ping(RECV_TIMEOUT);
     svc.send_text(&msg("RES", "T", &[("Rid", &rid)], "eventually"));
     expect_res(&mut cli, "T", Some("z"), &svc.cid, &[], "eventually");
 }
@@ -499,11 +541,20 @@ fn res_for_a_requester_that_left_is_dropped_silently() {
         let mut svc = responder(&server, resp_shard, &topic, &mut [&mut cli]);
         cli.send_text(&msg("REQ", &topic, &[], "q"));
         let rid = expect_req(&mut svc, &topic, &[], &cli.cid, "q");
+        let cid = cli.cid.clone();
         drop(cli);
-        std::thread::sleep(Duration::from_millis(100));
+        // The broker has run its clean-up for the requester (and once every shard has
+        // answered every other, the clean-up's mail to T's owner and on to the responder's
+        // shard has been handled too).
+        server.await_forgotten(&mut svc, &cid);
+        server.settle_replies();
+        // The RES is accepted without an error (an error would be queued ahead of the sync's
+        // reply) and goes nowhere.
         svc.send_text(&msg("RES", &topic, &[("Rid", &rid)], "nobody home"));
-        svc.expect_silence(SILENCE);
         svc.sync();
+        // Accepted once: the request is forgotten now.
+        svc.send_text(&msg("RES", &topic, &[("Rid", &rid)], "again"));
+        svc.expect_error("no-request", &format!("No client for request ID  RES {topic}"));
     }
     server.assert_serving();
 }

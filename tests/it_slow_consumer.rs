@@ -94,6 +94,7 @@ fn flood(server: &Server, slow_shard: u16) -> Flood {
         if received.load(Ordering::Acquire) + WINDOW <= seq {
             publisher.flush();
             while received.load(Ordering::Acquire) + WINDOW <= seq && !reader.is_finished() {
+                // Pacing: the publisher keeps at most WINDOW messages ahead of the reader.
                 thread::sleep(Duration::from_micros(100));
             }
         }

@@ -24,8 +24,6 @@ pub const CLIENT_KEY: &str = "test-client-key";
 
 /// How long `recv` waits before declaring the server silent.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long `expect_silence` callers usually listen.
-pub const SILENCE: Duration = Duration::from_millis(300);
 /// How long the server gets to print `listening on`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Granularity of every blocking read, so deadlines are checked often.
@@ -280,6 +278,84 @@ impl Server {
         }
     }
 
+    /// Returns once the broker's end of `peer` (a connection to this server) has nothing left
+    /// in its receive queue, that is, the broker has read everything `peer` sent so far. Reads
+    /// the queue from `/proc/net/tcp`; panics after 5 s or if the socket is not listed.
+    pub fn await_read_all(&self, peer: &TcpStream) {
+        let client_port = peer.local_addr().expect("peer address").port();
+        // /proc/net/tcp writes 127.0.0.1:port as `0100007F:PPPP` (address in host order).
+        let local = format!("0100007F:{:04X}", self.port);
+        let remote = format!("0100007F:{client_port:04X}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+            let queue = table.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.len() > 4 && fields[1] == local && fields[2] == remote).then(|| {
+                    let (_tx, rx) = fields[4].split_once(':').expect("tx_queue:rx_queue");
+                    u64::from_str_radix(rx, 16).expect("hex rx_queue")
+                })
+            });
+            match queue {
+                Some(0) => return,
+                Some(_) => {}
+                None => panic!("the broker's end of {remote} is not in /proc/net/tcp"),
+            }
+            assert!(Instant::now() < deadline, "the broker did not read what {remote} sent");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `settle` twice: every chain of cross-shard mail of up to three hops that began before
+    /// the call has been handled (`settle` alone orders 0 → 1 before 1 → 0, so it finishes a
+    /// 0 → 1 → 0 chain but not a 1 → 0 → 1 one). Use it before `sync` on a connection to prove
+    /// that no reply from another shard is on its way to it: a `no-responder` from a topic's
+    /// owner, a delivery from a topic's owner, a reply to an `INT` from the target's shard.
+    pub fn settle_replies(&self) {
+        self.settle();
+        self.settle();
+    }
+
+    /// A service on `shard` subscribed to `topic`, with the subscription in effect everywhere.
+    /// As a witness: a shard hands each message to all its local subscribers in one step, so
+    /// once the witness has a message, anyone else on its shard who (wrongly) got it has it
+    /// queued too, and that connection's `sync` (whose reply is queued behind it) shows it.
+    pub fn subscriber_on(&self, shard: u16, topic: &str) -> Client {
+        let mut sub = self.service_on(shard);
+        sub.send_text(&msg("SUB", topic, &[], ""));
+        sub.sync();
+        self.settle();
+        sub
+    }
+
+    /// Returns once the broker has forgotten the connection `cid` (`Shard::disconnect` has
+    /// run for it, with all its clean-up): `probe`, a service, sends `INT UID` for it until the
+    /// answer is `no-connection`. Each try is exact: after `settle_replies` the INT's answer,
+    /// if any, is queued ahead of a marker on the probe's private topic. Panics after 5 s.
+    pub fn await_forgotten(&self, probe: &mut Client, cid: &str) {
+        let private = format!("MSG:{}", probe.cid);
+        let gone = error("no-connection", None, "No client for INT UID");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            probe.send_text(&msg("INT", "UID", &[("forcid", cid), ("setuid", "forgotten")], ""));
+            self.settle_replies();
+            let marker = Marker::publish(probe, &private);
+            let m = probe.recv();
+            if m.data == gone.as_bytes() {
+                probe.expect_marker(&marker);
+                return;
+            }
+            let p = m.parse();
+            assert_eq!(
+                (p.first_line, show(&p.body)),
+                (format!("PUB {private}"), show(format!("{}\r\n", marker.body).as_bytes())),
+                "{} expected `no-connection` or its marker",
+                probe.who()
+            );
+            assert!(Instant::now() < deadline, "the broker never forgot connection {cid}");
+        }
+    }
+
     pub fn service_on(&self, shard: u16) -> Client {
         self.connect_on_shard(SERVICE_KEY, shard)
     }
@@ -497,6 +573,25 @@ impl Client {
         }
     }
 
+    /// Reads until the server's next ping and returns its payload; panics if a data message,
+    /// a close or the end of the connection comes first, or nothing within `timeout`.
+    /// tungstenite queues the pong as it reads the ping and sends it on the next read or
+    /// write, so the ping is answered.
+    pub fn expect_ping(&mut self, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Ping(payload)) => return payload.to_vec(),
+                Ok(Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(other) => panic!("{} expected a ping, got {other:?}", self.who()),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("{} expected a ping, the connection ended: {e}", self.who()),
+            }
+            assert!(Instant::now() < deadline, "{} got no ping within {timeout:?}", self.who());
+        }
+    }
+
     /// The next data message, or a panic after `RECV_TIMEOUT`.
     pub fn recv(&mut self) -> Received {
         self.recv_within(RECV_TIMEOUT)
@@ -566,11 +661,34 @@ impl Client {
         body.trim_end().to_owned()
     }
 
-    /// Panics if any data message or close arrives within `duration`.
-    pub fn expect_silence(&mut self, duration: Duration) {
-        match self.next_event(duration) {
-            Event::Timeout => {}
-            other => panic!("{} expected silence for {duration:?}, got {other:?}", self.who()),
+    /// The next event must be exactly `marker` (see `Marker`): nothing was queued for this
+    /// connection ahead of it.
+    pub fn expect_marker(&mut self, marker: &Marker) {
+        let got = match self.next_event(RECV_TIMEOUT) {
+            Event::Message(m) => m,
+            other => {
+                panic!("{} expected the marker {:?} next, got {other:?}", self.who(), marker.body)
+            }
+        };
+        let p = got.parse();
+        assert!(
+            p.first_line == format!("PUB {}", marker.topic)
+                && p.header("Cid") == Some(marker.cid.as_str())
+                && p.body == format!("{}\r\n", marker.body).as_bytes(),
+            "{} expected the marker {:?} on {} from {} next, got {got:?}",
+            self.who(),
+            marker.body,
+            marker.topic,
+            marker.cid
+        );
+    }
+
+    /// The connection must end (EOF or reset) with no further message or close frame; panics
+    /// if anything else comes or it is still open after `RECV_TIMEOUT`.
+    pub fn expect_end(&mut self) {
+        match self.next_event(RECV_TIMEOUT) {
+            Event::Gone(_) => {}
+            other => panic!("{} expected the connection to end, got {other:?}", self.who()),
         }
     }
 
@@ -636,6 +754,41 @@ pub fn tell(from: &mut Client, to: &mut Client) {
         "hand-off message from {}",
         from.cid
     );
+}
+
+/// A unique message published on a topic to prove that something else did not arrive: the
+/// receiver's next event must be the marker (`Client::expect_marker`), so anything that was
+/// (wrongly) on its way ahead of the marker shows up instead of it. No waiting is involved.
+///
+/// Why it is exact (PROTOCOL.md §7 and the two-shard harness):
+/// - What `publisher` published on `topic` before the marker reaches every subscriber before
+///   it (one publisher's messages on one topic keep their order).
+/// - A shard handles each connection's input in order and mail between two shards is first in,
+///   first out (see `Server::settle`). So anything *another* connection on the publisher's shard
+///   had done before the test sent the marker (a PUB that should have been refused, a message
+///   that should have been dropped with its sender's close) would also have passed the topic's
+///   owner, and the receiver's shard, ahead of the marker. Publish the marker from a service on
+///   the offender's shard (`Server::service_on(offender.shard())`), after the offender's reply
+///   (its error, its close frame) has been seen.
+pub struct Marker {
+    pub topic: String,
+    pub cid: String,
+    pub body: String,
+}
+
+impl Marker {
+    /// `publisher` (a service, or a client granted `EPUB topic`) publishes a fresh marker.
+    pub fn publish(publisher: &mut Client, topic: &str) -> Marker {
+        let body = format!("marker {}", unique());
+        publisher.send_text(&msg("PUB", topic, &[], &body));
+        Marker { topic: topic.to_owned(), cid: publisher.cid.clone(), body }
+    }
+}
+
+/// `publisher` publishes a marker on `topic` and `receiver`'s next event must be that marker.
+pub fn expect_marker_next(publisher: &mut Client, topic: &str, receiver: &mut Client) {
+    let marker = Marker::publish(publisher, topic);
+    receiver.expect_marker(&marker);
 }
 
 /// Waits for the first message on any of `clients`; returns its index and the message.
@@ -852,6 +1005,9 @@ pub fn tcp_with_small_receive_buffer(port: u16, bytes: i32) -> TcpStream {
     }
 }
 
+/// The mask `RawWs::send_frame` puts on every frame (any value will do; RFC 6455 wants one).
+pub const RAW_MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
 /// One frame as it came off the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawFrame {
@@ -927,21 +1083,8 @@ impl RawWs {
 
     /// Sends one masked frame.
     pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
-        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-        let mut out = vec![(u8::from(fin) << 7) | opcode];
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len <= 0xffff {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&out).expect("raw ws write");
+        let frame = client_frame((u8::from(fin) << 7) | opcode, payload, None, Some(RAW_MASK));
+        self.stream.write_all(&frame).expect("raw ws write");
     }
 
     /// Reads one frame, or panics after `RECV_TIMEOUT`.
