@@ -11,7 +11,7 @@ use clap::Parser;
 use crate::auth::Keys;
 use tracing_subscriber::filter::LevelFilter;
 
-use crate::connection::SlowConsumer;
+use crate::limits::SlowConsumer;
 use crate::logging::LogFormat;
 
 /// The development keys of the original, used only on loopback when no key is configured.
