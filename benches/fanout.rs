@@ -6,7 +6,6 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::hint::black_box;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, TrySendError};
 use std::thread;
@@ -15,7 +14,6 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use middleman::ids::{RequestId, ShardId};
 use middleman::protocol::message::{self, Limits, Message};
-use middleman::shard::connection::Connection;
 use middleman::shard::mailbox::{self, Mail};
 use middleman::shard::{Shard, ShardConfig};
 use middleman::testing::{connect, shard_config};

@@ -35,7 +35,7 @@ pub struct SharedFrame {
 
 impl SharedFrame {
     /// The frame's length on the wire.
-    pub fn len(&self) -> usize {
+    pub fn wire_len(&self) -> usize {
         self.bytes.len() - self.start as usize
     }
 

@@ -195,12 +195,12 @@ impl Shard {
         let Request { requester, frame, req_id, .. } = request;
         let conn = self.connections.get(&responder.local).filter(|c| !c.is_closing()).cloned();
         let max = self.config.pending_bytes_max;
-        let fits = conn.as_ref().map(|c| c.fits(frame.len(), max));
+        let fits = conn.as_ref().map(|c| c.fits(frame.wire_len(), max));
         let conn = match (conn, fits) {
             (Some(conn), Some(true)) => conn,
             (conn, _) => {
                 if let Some(conn) = conn {
-                    self.refuse(&conn, frame.len());
+                    self.refuse(&conn, frame.wire_len());
                 }
                 self.send(owner, Mail::Done { rid });
                 self.send(requester.shard, Mail::Failed { rid, code: ErrorCode::ResponderLost });
