@@ -18,13 +18,6 @@ use crate::protocol::reply::ErrorCode;
 use crate::shard::mailbox::{Control, Mailboxes};
 use crate::shard::Snapshot;
 
-/// How long a scrape waits for every shard.
-const SCRAPE_TIMEOUT: Duration = ADMIN_TIMEOUT;
-
-/// How long a request may take to arrive, and its size limit.
-const REQUEST_TIMEOUT: Duration = ADMIN_TIMEOUT;
-const REQUEST_BYTES_MAX: usize = ADMIN_REQUEST_BYTES_MAX;
-
 /// Binds `addr` and serves it on a new thread; returns the bound address.
 pub fn spawn(addr: SocketAddr, mail: Mailboxes) -> Result<SocketAddr, String> {
     let listener =
@@ -44,13 +37,13 @@ pub fn spawn(addr: SocketAddr, mail: Mailboxes) -> Result<SocketAddr, String> {
 }
 
 fn handle(mut stream: TcpStream, mail: &Mailboxes) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
+    stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
     let mut request = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = stream.read(&mut buf)?;
-        if n == 0 || request.len() + n > REQUEST_BYTES_MAX {
+        if n == 0 || request.len() + n > ADMIN_REQUEST_BYTES_MAX {
             return respond(&mut stream, "400 Bad Request", "text/plain", "bad request\n");
         }
         request.extend_from_slice(&buf[..n]);
@@ -100,7 +93,7 @@ fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> std:
 pub fn scrape(mail: &Mailboxes) -> Option<Vec<Snapshot>> {
     let shards = mail.shards();
     let (tx, rx) = crossbeam_channel::bounded(shards);
-    let deadline = Instant::now() + SCRAPE_TIMEOUT;
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
     for s in 0..shards {
         let to = ShardId(s as u16);
         let mut letter = Control::Scrape { reply: tx.clone() };
