@@ -36,13 +36,9 @@ fn text_payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
-/// A final text frame as a client sends it (masked), formatted by tungstenite.
+/// A final text frame as a client sends it (masked).
 fn masked_client_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = Frame::message(payload.to_vec(), OpCode::Data(Data::Text), true);
-    frame.header_mut().mask = Some(MASK);
-    let mut out = Vec::new();
-    frame.format(&mut out).expect("formatting into a Vec cannot fail");
-    out
+    middleman::testing::client_frame(0x81, payload, Some(MASK))
 }
 
 /// An in-memory socket that replays one frame: `read` copies it into the caller's buffer, as a

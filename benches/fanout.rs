@@ -6,19 +6,17 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::hint::black_box;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, TrySendError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use middleman::auth::Role;
-use middleman::connection::{Connection, SlowConsumer};
-use middleman::ids::{ConnectionId, RequestId, ShardId};
+use middleman::ids::{RequestId, ShardId};
 use middleman::protocol::message::{self, Limits, Message};
 use middleman::shard::mailbox::{self, Mail};
 use middleman::shard::{Shard, ShardConfig};
+use middleman::testing::{connect, shard_config};
 
 const SUBSCRIBER_COUNTS: [usize; 3] = [1, 100, 10_000];
 
@@ -36,25 +34,8 @@ const BATCH: usize = 256;
 const INBOX_CAPACITY: usize = 4 * BATCH;
 
 fn config(shards: usize) -> ShardConfig {
-    ShardConfig {
-        id: ShardId(0),
-        shards,
-        // Each iteration drains every queue, so no subscriber ever comes near this.
-        pending_bytes_max: 8 * 1024 * 1024,
-        slow_consumer: SlowConsumer::Disconnect,
-        request_timeout: None,
-        limits: LIMITS,
-        subscriptions_max: 10_000,
-        pending_requests_max: 1_000,
-    }
-}
-
-/// A service connection on shard 0, registered with the shard.
-fn connect(shard: &mut Shard, local: u64) -> Rc<Connection> {
-    let conn = Connection::new(ConnectionId { epoch: 1_767_225_600, shard: ShardId(0), local });
-    conn.role.set(Some(Role::Service));
-    shard.register(&conn);
-    conn
+    // Each iteration drains every queue, so no subscriber ever comes near the budget.
+    ShardConfig { limits: LIMITS, ..shard_config(0, shards, 8 * 1024 * 1024) }
 }
 
 fn parse(input: &[u8]) -> Message<'_> {

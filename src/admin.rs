@@ -12,17 +12,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::ids::ShardId;
+use crate::limits::{ADMIN_REQUEST_BYTES_MAX, ADMIN_TIMEOUT};
 use crate::protocol::message::Command;
 use crate::protocol::reply::ErrorCode;
-use crate::shard::mailbox::{Mail, Mailboxes};
+use crate::shard::mailbox::{Control, Mailboxes};
 use crate::shard::Snapshot;
-
-/// How long a scrape waits for every shard.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a request may take to arrive, and its size limit.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-const REQUEST_BYTES_MAX: usize = 8 << 10;
 
 /// Binds `addr` and serves it on a new thread; returns the bound address.
 pub fn spawn(addr: SocketAddr, mail: Mailboxes) -> Result<SocketAddr, String> {
@@ -43,13 +37,13 @@ pub fn spawn(addr: SocketAddr, mail: Mailboxes) -> Result<SocketAddr, String> {
 }
 
 fn handle(mut stream: TcpStream, mail: &Mailboxes) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
+    stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
     let mut request = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = stream.read(&mut buf)?;
-        if n == 0 || request.len() + n > REQUEST_BYTES_MAX {
+        if n == 0 || request.len() + n > ADMIN_REQUEST_BYTES_MAX {
             return respond(&mut stream, "400 Bad Request", "text/plain", "bad request\n");
         }
         request.extend_from_slice(&buf[..n]);
@@ -99,12 +93,12 @@ fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> std:
 pub fn scrape(mail: &Mailboxes) -> Option<Vec<Snapshot>> {
     let shards = mail.shards();
     let (tx, rx) = crossbeam_channel::bounded(shards);
-    let deadline = Instant::now() + SCRAPE_TIMEOUT;
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
     for s in 0..shards {
         let to = ShardId(s as u16);
-        let mut letter = Mail::Scrape { reply: tx.clone() };
+        let mut letter = Control::Scrape { reply: tx.clone() };
         // An inbox can be full for a moment under load; retry rather than block.
-        while let Err(back) = mail.try_send(to, letter) {
+        while let Err(back) = mail.try_send_control(to, letter) {
             if Instant::now() >= deadline {
                 return None;
             }
@@ -186,7 +180,7 @@ pub fn render_prometheus(shards: &[Snapshot]) -> String {
         "counter",
         "Slow consumers: connections closed, and messages dropped (--slow-consumer drop).",
         &[
-            ("{action=\"closed\"}".into(), sum(&|s| s.stats.slow_consumer_closes)),
+            ("{action=\"closed\"}".into(), sum(&|s| s.slow_consumer_closes)),
             ("{action=\"dropped\"}".into(), sum(&|s| s.stats.dropped)),
         ],
     );
@@ -267,7 +261,7 @@ pub fn render_json(shards: &[Snapshot]) -> String {
             s.stats.deliveries,
             s.bytes_in,
             s.bytes_out,
-            s.stats.slow_consumer_closes,
+            s.slow_consumer_closes,
             s.stats.dropped,
             s.requests_in_flight,
             s.stats.request_timeouts,
@@ -291,7 +285,7 @@ pub fn render_json(shards: &[Snapshot]) -> String {
             *t += v;
         }
         total.stats.deliveries += s.stats.deliveries;
-        total.stats.slow_consumer_closes += s.stats.slow_consumer_closes;
+        total.slow_consumer_closes += s.slow_consumer_closes;
         total.stats.dropped += s.stats.dropped;
         total.stats.request_timeouts += s.stats.request_timeouts;
         total.stats.mail_backlogged += s.stats.mail_backlogged;

@@ -4,7 +4,7 @@
 //! It is not the runtime: nothing here starts a thread or opens a socket, and the only file
 //! it reads is `--keys-file`. It depends only on leaves of the crate: [`crate::limits`] (the
 //! configurable limits, flattened in as one group), `auth::Keys`, `logging::LogFormat` and two
-//! constants (`ids::CID_LEN`, `shard::topics::SHARDS_MAX`); never on `connection` or `server`.
+//! constants (`ids::CID_LEN`, `limits::SHARDS_MAX`); never on `runtime` or `server`.
 //!
 //! Invariants:
 //! - Every flag `--some-name` can also come from `MIDDLEMAN_SOME_NAME`, except the two key
@@ -30,7 +30,7 @@ use tracing_subscriber::filter::LevelFilter;
 use crate::auth::Keys;
 use crate::limits::Limits;
 use crate::logging::LogFormat;
-use crate::shard::topics::SHARDS_MAX;
+use crate::limits::SHARDS_MAX;
 
 /// The development keys of the original, used only on loopback when no key is configured.
 pub const DEV_SERVICE_KEY: &str = "xyzzy";

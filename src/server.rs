@@ -1,7 +1,7 @@
 //! The runtime: shards on glommio executors, their listeners, their loops, and shutdown.
 //!
-//! This is the one module (with `connection::io`) that knows about glommio; a later switch to
-//! a fork of it touches these two files alone.
+//! This module and `runtime/` are the only ones that know about glommio; a later switch to a
+//! fork of it touches them alone.
 //!
 //! Start-up: pick the CPUs (the affinity mask, not sysfs), probe io_uring so a broken setup is
 //! a clear message rather than a panic, resolve port 0 once so every shard binds the same
@@ -10,19 +10,18 @@
 //! connection reader and writer, the mail loop draining its inbox, and a ticker for request
 //! deadlines and backlogged mail.
 //!
-//! Shutdown (SIGTERM/SIGINT): a plain thread mails `Shutdown` to every shard. Each shard stops
-//! accepting, queues a 1001 close frame behind whatever each connection has queued, and waits
-//! for its connections to finish, at most `--drain-timeout`.
+//! Shutdown (SIGTERM/SIGINT): a plain thread sends `Control::Shutdown` to every shard. Each
+//! shard stops accepting, waits for the drain barrier, queues a 1001 close frame behind
+//! whatever each connection has queued, and waits (on an event, not a timer) for its
+//! connections to finish, at most `--drain-timeout`.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::AsyncWriteExt;
@@ -32,37 +31,23 @@ use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement,
 use ahash::AHashMap;
 
 use crate::auth::Keys;
+use crate::close::CloseReason;
 use crate::config::Config;
-use crate::connection::io::{serve, ConnectionSettings, IoCounters, ShardContext, SCRATCH_BYTES};
-use crate::connection::outbound::{Frame, FrameBytes};
-use crate::connection::tls::CIPHER_READ_BYTES;
-use crate::connection::Connection;
 use crate::ids::{ConnectionId, ShardId};
+use crate::limits::{
+    ACCEPT_BACKOFF, CIPHER_READ_BYTES, CLOSE_GRACE_MAX, IDLE_TICK, INBOX_CAPACITY, IO_MEMORY,
+    LISTEN_BACKLOG, SCRATCH_BYTES, SHARDS_MAX, SHARD_START_TIMEOUT, TICK,
+};
 use crate::protocol::handshake;
 use crate::protocol::message::Limits;
-use crate::protocol::ws::{self, CloseCode};
-use crate::shard::mailbox::{mailboxes, Inbox, Mail, Mailboxes};
-use crate::shard::topics::SHARDS_MAX;
+use crate::protocol::ws;
+use crate::runtime::context::{ConnectionSettings, IoCounters, Link, ShardContext};
+use crate::runtime::event::Event;
+use crate::runtime::reader::serve;
+use crate::shard::connection::{Connection, Lifecycle};
+use crate::shard::mailbox::{mailboxes, Control, Inbox, Mailboxes};
+use crate::shard::outbound::{Frame, FrameBytes};
 use crate::shard::{Shard, ShardConfig};
-
-/// Mails per inbox. At ~64 bytes a mail this is ~1 MiB per shard; a full inbox pauses the
-/// readers that feed it, it never grows.
-pub const INBOX_CAPACITY: usize = 16 * 1024;
-
-/// io_uring memory per executor. It only backs file I/O, which a broker does not do; the
-/// default (10 MiB, three rings) fails under an 8 MiB memlock limit.
-const IO_MEMORY: usize = 256 << 10;
-
-/// Pending connections per listener (the kernel caps it at `net.core.somaxconn`).
-const LISTEN_BACKLOG: i32 = 4096;
-
-/// How often a shard retries backlogged mail, and the finest grain of request deadlines.
-const TICK: Duration = Duration::from_millis(10);
-
-/// How long an idle shard sleeps between ticks (a new deadline is at least a request timeout
-/// away, so this only bounds how late the first look at it can be). Idle wake-ups are not
-/// free on a VM: each park issues a membarrier.
-const IDLE_TICK: Duration = Duration::from_millis(100);
 
 /// Runs the broker until a signal has drained it.
 pub fn run(config: Config) -> Result<(), String> {
@@ -79,7 +64,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let listeners = &config.listeners;
     let tls = match (&listeners.tls_cert, &listeners.tls_key) {
         (Some(cert), Some(key)) if !listeners.tls_listen.is_empty() => {
-            Some(crate::connection::tls::server_config(cert, key)?)
+            Some(crate::runtime::tls::server_config(cert, key)?)
         }
         _ => None,
     };
@@ -140,14 +125,17 @@ pub fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start {shards} shard executors: {e}"))?;
 
     for _ in 0..shards {
-        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+        match ready_rx.recv_timeout(SHARD_START_TIMEOUT) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 shutdown_all(&mail);
                 pool.join_all();
                 return Err(e);
             }
-            Err(_) => return Err("a shard did not start within 30 s".into()),
+            Err(_) => {
+                let secs = SHARD_START_TIMEOUT.as_secs();
+                return Err(format!("a shard did not start within {secs} s"));
+            }
         }
     }
     drop(port_holders);
@@ -240,14 +228,17 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         settings: ConnectionSettings {
             message_bytes_max,
             auth_timeout: timeouts.auth_timeout,
-            close_grace: timeouts.drain_timeout.min(Duration::from_secs(2)),
+            close_grace: timeouts.drain_timeout.min(CLOSE_GRACE_MAX),
             limits,
             pending_bytes_max,
             allowed_origins: config.listeners.allowed_origins.clone(),
         },
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
         cipher: RefCell::new(if tls_used { vec![0; CIPHER_READ_BYTES] } else { Vec::new() }),
-        shutdown_waker: Cell::new(None),
+        links: RefCell::new(AHashMap::new()),
+        mail_handled: Event::default(),
+        uncongested: Event::default(),
+        left: Event::default(),
         io: IoCounters::default(),
     });
     let mut listeners = Vec::with_capacity(listen.len());
@@ -269,7 +260,6 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         }
     }
     let runtime = Rc::new(Runtime {
-        live: RefCell::new(AHashMap::new()),
         live_max: connections_max.div_ceil(shards),
         next_local: Cell::new(1),
         epoch,
@@ -281,10 +271,11 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
     let mail_loop = glommio::spawn_local(mail_loop(ctx.clone()));
     let ticker = glommio::spawn_local(tick_loop(ctx.clone()));
     let keepalive = (!timeouts.ping_interval.is_zero())
-        .then(|| glommio::spawn_local(keepalive_loop(runtime.clone(), timeouts.ping_interval)));
+        .then(|| glommio::spawn_local(keepalive_loop(ctx.clone(), timeouts.ping_interval)));
     let _ = ready.send(Ok(()));
 
-    wait_for(&ctx, |shard| shard.shutdown_requested).await;
+    let shutting_down = || ctx.shard.borrow().shutdown_requested;
+    ctx.mail_handled.until(shutting_down).await;
     let deadline = Instant::now() + timeouts.drain_timeout;
     // Stop accepting. Shutting the sockets down also ends glommio's accept in flight, which
     // would otherwise keep the socket listening (and new connections hanging) until exit.
@@ -295,43 +286,27 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
     drop(accepting);
     // Wait until mail from before the shutdown has landed everywhere (bounded by the drain
     // timeout in case a shard is stuck), then close.
-    let barrier = wait_for(&ctx, Shard::drained);
+    let barrier = ctx.mail_handled.until(|| ctx.shard.borrow().drained());
     futures_lite::future::or(barrier, glommio::timer::sleep(timeouts.drain_timeout)).await;
-    for conn in runtime.live.borrow().values() {
+    let live: Vec<_> = ctx.links.borrow().values().map(|l| l.conn.clone()).collect();
+    for conn in live {
         // Authenticated or not: a connection that finished its upgrade gets a close frame; one
-        // still sending its upgrade request is simply closed.
-        if conn.upgraded.get() {
-            conn.close(CloseCode::GOING_AWAY, "going away");
-        } else {
-            conn.close_silently();
-        }
+        // still sending its upgrade request is simply closed (see `Connection::close`).
+        ctx.close(&conn, CloseReason::GoingAway);
     }
-    while !runtime.live.borrow().is_empty() && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    if !runtime.live.borrow().is_empty() {
+    let all_left = ctx.left.until(|| ctx.links.borrow().is_empty());
+    let left = deadline.saturating_duration_since(Instant::now());
+    futures_lite::future::or(all_left, glommio::timer::sleep(left)).await;
+    if !ctx.links.borrow().is_empty() {
         tracing::warn!(
             "shard {}: {} connection(s) still open at the drain timeout",
             id.0,
-            runtime.live.borrow().len()
+            ctx.links.borrow().len()
         );
     }
     drop(keepalive);
     drop(ticker);
     drop(mail_loop);
-}
-
-/// Resolves once `done` holds for the shard; re-checked whenever mail is handled.
-async fn wait_for(ctx: &ShardContext, done: impl Fn(&Shard) -> bool) {
-    poll_fn(|cx| {
-        if done(&ctx.shard.borrow()) {
-            Poll::Ready(())
-        } else {
-            ctx.shutdown_waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        }
-    })
-    .await
 }
 
 /// A listening socket on `addr` shared by every shard (SO_REUSEPORT), with a backlog large
@@ -349,10 +324,8 @@ fn listen_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     Ok(socket)
 }
 
-/// Shard-local runtime state.
+/// Shard-local accept state.
 struct Runtime {
-    /// Connections alive on this shard, authenticated or not.
-    live: RefCell<AHashMap<u64, Rc<Connection>>>,
     live_max: usize,
     next_local: Cell<u64>,
     epoch: u32,
@@ -370,11 +343,11 @@ async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors, most likely: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        if runtime.live.borrow().len() >= runtime.live_max {
+        if ctx.links.borrow().len() >= runtime.live_max {
             glommio::spawn_local(async move {
                 let mut stream = stream;
                 let _ = stream.write_all(handshake::SERVICE_UNAVAILABLE).await;
@@ -386,12 +359,19 @@ async fn accept_loop(
         let local = runtime.next_local.get();
         runtime.next_local.set(local + 1);
         let id = ConnectionId { epoch: runtime.epoch, shard: ctx.shard.borrow().id(), local };
-        let conn = Connection::new(id);
-        runtime.live.borrow_mut().insert(local, conn.clone());
-        let (ctx, runtime, tls) = (ctx.clone(), runtime.clone(), tls.clone());
+        let link = Rc::new(Link {
+            conn: Connection::new(id),
+            peer: stream.peer_addr().ok(),
+            fd: Cell::new(None),
+            last_seen: Cell::new(Instant::now()),
+            pinged: Cell::new(None),
+        });
+        ctx.links.borrow_mut().insert(local, link.clone());
+        let (ctx, tls) = (ctx.clone(), tls.clone());
         glommio::spawn_local(async move {
-            serve(ctx, stream, conn, tls).await;
-            runtime.live.borrow_mut().remove(&local);
+            serve(ctx.clone(), stream, link, tls).await;
+            ctx.links.borrow_mut().remove(&local);
+            ctx.left.notify();
         })
         .detach();
     }
@@ -401,7 +381,7 @@ async fn accept_loop(
 async fn mail_loop(ctx: Rc<ShardContext>) {
     loop {
         ctx.inbox.ready().await;
-        ctx.handle_mail();
+        ctx.handle_inbox();
         glommio::yield_if_needed().await;
     }
 }
@@ -425,7 +405,10 @@ async fn tick_loop(ctx: Rc<ShardContext>) {
         let mut shard = ctx.shard.borrow_mut();
         shard.set_now(Instant::now());
         shard.expire_requests();
-        shard.flush_mail(&ctx.mailboxes);
+        drop(shard);
+        // Also the safety net for paused readers: a reader waiting for room whose task went
+        // away leaves the others to this retry.
+        ctx.flush_mail();
     }
 }
 
@@ -433,28 +416,29 @@ async fn tick_loop(ctx: Rc<ShardContext>) {
 /// for another.
 /// One sweep per interval over the shard's connections, rather than a timer per connection;
 /// every ping is the same shared frame.
-async fn keepalive_loop(runtime: Rc<Runtime>, interval: Duration) {
+async fn keepalive_loop(ctx: Rc<ShardContext>, interval: Duration) {
     let mut bytes = Vec::with_capacity(2);
     ws::encode_frame(ws::Opcode::Ping, b"", &mut bytes);
-    let ping: Frame = Rc::new(FrameBytes::Local { bytes, start: 0 });
+    let ping: Frame = FrameBytes::local(bytes, 0);
     loop {
         glommio::timer::sleep(interval).await;
         let now = Instant::now();
-        for conn in runtime.live.borrow().values() {
-            if !conn.upgraded.get() || conn.is_closing() {
+        let links: Vec<_> = ctx.links.borrow().values().cloned().collect();
+        for link in links {
+            let conn = &link.conn;
+            if !matches!(conn.lifecycle(), Lifecycle::Authenticating | Lifecycle::Open) {
                 continue; // the auth timeout bounds the upgrade
             }
-            let heard = conn.last_seen.get();
-            match conn.pinged.get() {
+            let heard = link.last_seen.get();
+            match link.pinged.get() {
                 // Pinged an interval ago and nothing since: two intervals of silence.
                 Some(at) if heard < at && now.saturating_duration_since(at) >= interval => {
-                    tracing::info!(cid = %conn.id, peer = %conn.peer_text(), "no sign of life: closed");
-                    conn.close(CloseCode::POLICY_VIOLATION, "ping timeout");
+                    ctx.close(conn, CloseReason::PingTimeout);
                 }
                 // Pinged and waiting.
                 Some(at) if heard < at => {}
                 _ if now.saturating_duration_since(heard) >= interval => {
-                    conn.pinged.set(Some(now));
+                    link.pinged.set(Some(now));
                     conn.reply(ping.clone());
                 }
                 _ => {}
@@ -465,7 +449,7 @@ async fn keepalive_loop(runtime: Rc<Runtime>, interval: Duration) {
 
 fn shutdown_all(mail: &Mailboxes) {
     for s in 0..mail.shards() {
-        mail.send_blocking(ShardId(s as u16), Mail::Shutdown);
+        mail.send_control(ShardId(s as u16), Control::Shutdown);
     }
 }
 
@@ -489,7 +473,7 @@ fn spawn_signal_thread(mail: Mailboxes, config: Config) -> Result<(), String> {
                     Ok((keys, _)) => {
                         tracing::info!(keys = ?keys, "SIGHUP: keys reloaded");
                         for s in 0..mail.shards() {
-                            mail.send_blocking(ShardId(s as u16), Mail::Keys(keys.clone()));
+                            mail.send_control(ShardId(s as u16), Control::Keys(keys.clone()));
                         }
                     }
                     Err(e) => {

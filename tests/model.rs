@@ -12,14 +12,14 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use middleman::auth::Role;
-use middleman::connection::{Connection, SlowConsumer};
 use middleman::ids::{ConnectionId, ShardId};
-use middleman::protocol::message::{self, Limits};
+use middleman::protocol::message;
+use middleman::shard::connection::Connection;
 use middleman::shard::{Shard, ShardConfig};
+use middleman::testing::{shard_config, LIMITS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const LIMITS: Limits = Limits { topic_bytes_max: 256, headers_max: 32 };
 const TOPICS: &[&str] = &["a", "b", "c", "news", "x y"];
 
 struct Cluster {
@@ -35,14 +35,8 @@ impl Cluster {
             .map(|i| {
                 Shard::new(
                     ShardConfig {
-                        id: ShardId(i as u16),
-                        shards,
-                        pending_bytes_max: usize::MAX,
-                        slow_consumer: SlowConsumer::Disconnect,
-                        request_timeout: None,
-                        limits: LIMITS,
                         subscriptions_max: 1000,
-                        pending_requests_max: 1000,
+                        ..shard_config(i as u16, shards, usize::MAX)
                     },
                     now,
                 )

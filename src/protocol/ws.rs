@@ -199,6 +199,8 @@ impl Decoder {
     /// call: they have been unmasked. After an `Err` the connection is to be closed (with
     /// [`WsError::close_code`]); the decoder must not be used again. Frames after a close frame
     /// are the caller's to ignore.
+    // The nested type is the decoder's whole contract (consumed bytes, maybe an event, or an
+    // error) and reads better spelled out than behind an alias used once.
     #[allow(clippy::type_complexity)]
     pub fn decode<'a>(
         &'a mut self,
@@ -274,8 +276,9 @@ impl Decoder {
         Ok(Some((consumed, Some(event))))
     }
 
-    /// True while a fragmented message is being assembled.
-    pub fn in_message(&self) -> bool {
+    /// True while a fragmented message is being assembled (for the tests).
+    #[cfg(test)]
+    fn in_message(&self) -> bool {
         self.message.is_some()
     }
 

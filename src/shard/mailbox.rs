@@ -9,6 +9,7 @@
 
 use std::future::poll_fn;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -33,6 +34,11 @@ pub struct SharedFrame {
 }
 
 impl SharedFrame {
+    /// The frame's length on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.bytes.len() - self.start as usize
+    }
+
     pub fn topic(&self) -> &[u8] {
         &self.bytes[self.topic.start as usize..self.topic.end as usize]
     }
@@ -74,15 +80,28 @@ pub enum Mail {
     SetUid { target: ConnectionId, uid: Box<[u8]>, from: ConnectionId },
     /// To the shard of `to`: queue this frame for it (an error or reply).
     Direct { to: ConnectionId, frame: SharedFrame },
+    /// Between draining shards: every mail I sent you before this, in round `round` of the
+    /// drain barrier, is in your inbox (see `Shard::begin_drain`).
+    Drain { round: u8 },
+}
+
+/// Mail for the runtime of a shard, not its routing: from the signal and admin threads.
+#[derive(Debug)]
+pub enum Control {
     /// From the signal thread: drain and stop.
     Shutdown,
     /// From the signal thread (SIGHUP): the keys to accept from now on.
     Keys(crate::auth::Keys),
     /// From the admin thread: answer with a snapshot of the counters.
     Scrape { reply: Sender<super::Snapshot> },
-    /// Between draining shards: every mail I sent you before this, in round `round` of the
-    /// drain barrier, is in your inbox (see `Shard::begin_drain`).
-    Drain { round: u8 },
+}
+
+/// What an inbox holds: routing mail for the shard, or control for its runtime. The two are
+/// separate types so that neither side can receive (and silently drop) the other's.
+#[derive(Debug)]
+pub enum Letter {
+    Mail(Mail),
+    Control(Control),
 }
 
 /// A REQ on its way to a responder.
@@ -98,15 +117,26 @@ pub struct Request {
 
 /// The receiving end, owned by one shard.
 pub struct Inbox {
-    rx: Receiver<Mail>,
+    rx: Receiver<Letter>,
     waker: Arc<AtomicWaker>,
+    room: Arc<[Room]>,
 }
 
 /// Senders to every shard's inbox. Cheap to clone; usable from any thread.
 #[derive(Clone)]
 pub struct Mailboxes {
-    tx: Vec<Sender<Mail>>,
+    tx: Vec<Sender<Letter>>,
     wakers: Vec<Arc<AtomicWaker>>,
+    room: Arc<[Room]>,
+}
+
+/// A shard whose backlog waits for room in another shard's inbox parks here; every shard
+/// that empties part of its inbox wakes the shards that asked. One per shard.
+#[derive(Default)]
+struct Room {
+    wanted: AtomicBool,
+    made: AtomicBool,
+    waker: AtomicWaker,
 }
 
 /// Creates `shards` inboxes of `capacity` mails each.
@@ -114,14 +144,15 @@ pub fn mailboxes(shards: usize, capacity: usize) -> (Mailboxes, Vec<Inbox>) {
     let mut tx = Vec::with_capacity(shards);
     let mut wakers = Vec::with_capacity(shards);
     let mut inboxes = Vec::with_capacity(shards);
+    let room: Arc<[Room]> = (0..shards).map(|_| Room::default()).collect();
     for _ in 0..shards {
         let (s, r) = crossbeam_channel::bounded(capacity);
         let waker = Arc::new(AtomicWaker::new());
         tx.push(s);
         wakers.push(waker.clone());
-        inboxes.push(Inbox { rx: r, waker });
+        inboxes.push(Inbox { rx: r, waker, room: room.clone() });
     }
-    (Mailboxes { tx, wakers }, inboxes)
+    (Mailboxes { tx, wakers, room }, inboxes)
 }
 
 impl Mailboxes {
@@ -131,9 +162,28 @@ impl Mailboxes {
 
     /// Queues `mail` without waking the shard; call [`Mailboxes::wake`] after a batch.
     pub fn try_send(&self, to: ShardId, mail: Mail) -> Result<(), Mail> {
-        match self.tx[to.index()].try_send(mail) {
+        match self.try_send_letter(to, Letter::Mail(mail)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
+            Err(Letter::Mail(m)) => Err(m),
+            // The channel hands back what it was given.
+            Err(Letter::Control(_)) => unreachable!("a mail came back as control"),
+        }
+    }
+
+    /// Queues `control` without blocking (and without waking the shard).
+    pub fn try_send_control(&self, to: ShardId, control: Control) -> Result<(), Control> {
+        match self.try_send_letter(to, Letter::Control(control)) {
+            Ok(()) => Ok(()),
+            Err(Letter::Control(c)) => Err(c),
+            // The channel hands back what it was given.
+            Err(Letter::Mail(_)) => unreachable!("control came back as a mail"),
+        }
+    }
+
+    fn try_send_letter(&self, to: ShardId, letter: Letter) -> Result<(), Letter> {
+        match self.tx[to.index()].try_send(letter) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(l) | TrySendError::Disconnected(l)) => Err(l),
         }
     }
 
@@ -141,9 +191,30 @@ impl Mailboxes {
         self.wakers[to.index()].wake();
     }
 
-    /// Blocks until `mail` is queued. Only for threads that are not shards.
-    pub fn send_blocking(&self, to: ShardId, mail: Mail) {
-        if self.tx[to.index()].send(mail).is_ok() {
+    /// Resolves once some shard has emptied part of its inbox since this shard asked: the
+    /// moment to retry a backlog that found an inbox full. (Spurious wake-ups are possible:
+    /// the room may be in another inbox; the caller retries and asks again.)
+    pub async fn room(&self, me: ShardId) {
+        let room = &self.room[me.index()];
+        room.wanted.store(true, Ordering::SeqCst);
+        poll_fn(|cx| {
+            if room.made.swap(false, Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            room.waker.register(cx.waker());
+            // Re-check after registering: a shard that made room in between saw no waker.
+            if room.made.swap(false, Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Blocks until `control` is queued. Only for threads that are not shards.
+    pub fn send_control(&self, to: ShardId, control: Control) {
+        if self.tx[to.index()].send(Letter::Control(control)).is_ok() {
             self.wake(to);
         }
     }
@@ -167,7 +238,17 @@ impl Inbox {
         .await
     }
 
-    pub fn try_recv(&self) -> Option<Mail> {
+    /// Tells the shards waiting for room that this inbox has some now.
+    pub fn made_room(&self) {
+        for room in self.room.iter() {
+            if room.wanted.load(Ordering::Relaxed) && room.wanted.swap(false, Ordering::SeqCst) {
+                room.made.store(true, Ordering::SeqCst);
+                room.waker.wake();
+            }
+        }
+    }
+
+    pub fn try_recv(&self) -> Option<Letter> {
         self.rx.try_recv().ok()
     }
 

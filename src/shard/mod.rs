@@ -1,11 +1,18 @@
 //! One shard: the routing state a single core owns, and everything it does with it.
 //!
-//! A `Shard` is sans-IO. Connections hand it parsed messages ([`Shard::handle_message`]),
-//! other shards hand it mail ([`Shard::handle_mail`]), the clock is passed in
-//! ([`Shard::set_now`], [`Shard::expire_requests`]). What it produces is frames queued on its
-//! own connections and mail queued for other shards ([`Shard::flush_mail`]); the runtime in
-//! `server.rs` moves the mail and the bytes. That is what lets the model test drive several
-//! shards in one thread.
+//! A `Shard` is sans-IO. The runtime hands it parsed messages ([`Shard::handle_message`]) and
+//! mail from other shards ([`Shard::handle_mail`]); the clock is passed in ([`Shard::set_now`],
+//! [`Shard::expire_requests`]). What it produces is frames queued on its own connections,
+//! mail queued for other shards ([`Shard::flush_mail`]), and the connections that went over
+//! their budget ([`Shard::next_overflowed`]), which the runtime flushes and then judges
+//! ([`Shard::judge`]). It never writes to a socket, reads a clock or names the runtime: that
+//! is what lets the model test drive several shards in one thread.
+//!
+//! The flows, one file each: [`pubsub`] (SUB, UNS, PUB: encode, fan out, deliver),
+//! [`requests`] (REQ, RES, timeouts), [`grants`] (EPUB/ESUB/EREQ, INT, error replies),
+//! [`mail`] (what each mail does, and mail out), [`drain`] (the shutdown barrier). This file
+//! holds the state, connections arriving and leaving, the command dispatch and the
+//! slow-consumer verdict.
 //!
 //! What a shard owns:
 //! - its connections, and for each topic the list of its own subscribers;
@@ -19,28 +26,37 @@
 //! and mail between two shards is handled in the order it was sent, which is what keeps one
 //! publisher's messages in order at every subscriber.
 
+pub mod connection;
+mod drain;
+mod encode;
+mod grants;
+mod mail;
 pub mod mailbox;
+pub mod outbound;
+mod pubsub;
 pub mod requests;
 pub mod topics;
 
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
-use crate::connection::outbound::{Frame, FrameBytes};
-use crate::connection::{Connection, Delivery};
+use crate::close::CloseReason;
 use crate::grants::{Grant, Grants};
-use crate::ids::{ConnectionId, RequestId, ShardId};
+use crate::ids::{RequestId, ShardId};
 use crate::limits::SlowConsumer;
-use crate::protocol::message::{self, Command, Message, Sender};
-use crate::protocol::reply::{self, ErrorCode};
-use crate::protocol::ws::{self, Opcode};
-use mailbox::{Mail, Mailboxes, Request, SharedFrame, TopicName};
+use crate::protocol::message::{self, Command, Message};
+use crate::protocol::reply::ErrorCode;
+use crate::protocol::ws;
+use connection::Connection;
+use drain::Drain;
+use mailbox::Mail;
 use requests::{Assigned, Pending, Pools};
-use topics::{each_shard, Interest, LocalSubscriptions, Placement};
+use topics::{Interest, LocalSubscriptions, Placement};
+
+pub use mailbox::TopicName;
 
 /// The settings a shard routes by (from the command line).
 #[derive(Clone, Debug)]
@@ -65,7 +81,6 @@ pub struct Stats {
     pub messages_in: [u64; Command::ALL.len() + 1],
     pub deliveries: u64,
     pub dropped: u64,
-    pub slow_consumer_closes: u64,
     /// Errors sent, by code in [`ErrorCode::ALL`] order.
     pub errors: [u64; ErrorCode::ALL.len()],
     pub request_timeouts: u64,
@@ -90,6 +105,7 @@ pub struct Snapshot {
     pub inbox_depth: u64,
     pub auth_failures: u64,
     pub protocol_errors: u64,
+    pub slow_consumer_closes: u64,
 }
 
 /// One core's share of the broker.
@@ -115,26 +131,11 @@ pub struct Shard {
     header: Vec<u8>,
     /// Scratch for error texts.
     text: Vec<u8>,
+    /// Connections that went over their budget, for the runtime to flush and judge.
+    overflowed: Vec<Rc<Connection>>,
     pub stats: Stats,
     pub shutdown_requested: bool,
     drain: Drain,
-}
-
-/// Rounds of the drain barrier: a message can take two hops after it leaves its shard
-/// (REQ: requester, owner, responder; PUB: publisher, owner, subscriber), plus one for the
-/// bookkeeping it causes.
-const DRAIN_ROUNDS: usize = 3;
-
-/// Progress of the drain barrier.
-#[derive(Debug, Default)]
-struct Drain {
-    /// Rounds of markers this shard has sent to every other shard.
-    sent: usize,
-    /// Markers received, per round.
-    received: [usize; DRAIN_ROUNDS],
-    /// Every round is complete: no mail caused by input from before the shutdown is still
-    /// on its way here.
-    done: bool,
 }
 
 impl Shard {
@@ -157,6 +158,7 @@ impl Shard {
             outgoing,
             header: Vec::with_capacity(ws::HEADER_BYTES_MAX),
             text: Vec::new(),
+            overflowed: Vec::new(),
             stats: Stats::default(),
             shutdown_requested: false,
             drain: Drain::default(),
@@ -187,9 +189,6 @@ impl Shard {
         }
         snapshot
     }
-
-    // ---------------------------------------------------------------------------------------
-    // Connections arriving and leaving.
 
     /// Registers an authenticated connection and subscribes it to `MSG:<cid>`.
     pub fn register(&mut self, conn: &Rc<Connection>) {
@@ -244,9 +243,6 @@ impl Shard {
         }
     }
 
-    // ---------------------------------------------------------------------------------------
-    // Messages from this shard's connections.
-
     /// Carries out one message from `conn` (already authenticated).
     pub fn handle_message(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
         let index = msg.command.map_or(Command::ALL.len(), |c| c as usize);
@@ -271,624 +267,61 @@ impl Shard {
         }
     }
 
-    /// Answers a message that could not be parsed.
-    pub fn malformed(&mut self, conn: &Rc<Connection>, what: &str) {
-        self.error(conn, ErrorCode::Malformed, what.as_bytes(), b"", None);
+    /// The next connection that went over its budget since the runtime last asked. The
+    /// runtime writes what its socket takes right now, then calls [`Shard::judge`].
+    pub fn next_overflowed(&mut self) -> Option<Rc<Connection>> {
+        self.overflowed.pop()
     }
 
-    fn handle_sub(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
-        if conn.topics.borrow().contains(topic) {
-            return; // SUB is idempotent
-        }
-        if conn.topics.borrow().len() >= self.config.subscriptions_max {
-            return self.limit(conn, "subscriptions", b"SUB", topic, None);
-        }
-        self.subscribe(conn, topic);
+    pub fn has_overflowed(&self) -> bool {
+        !self.overflowed.is_empty()
     }
 
-    /// Subscribes `conn`, which is not subscribed to `topic` yet.
-    fn subscribe(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
-        let (name, first) = self.subscriptions.add(topic, conn);
-        if first {
-            self.tell_owner_interest(name.clone(), true, Some(conn));
+    /// The slow-consumer policy, applied to a connection that went over its budget after the
+    /// runtime wrote what its socket would take: still over under `disconnect` → close it
+    /// (returned, for the runtime to carry out); under `drop` → the frames past the budget
+    /// are dropped and counted. A connection back within its budget keeps everything.
+    pub fn judge(&mut self, conn: &Connection) -> Option<CloseReason> {
+        let overflow = u64::from(conn.overflow());
+        if conn.is_closing() || !conn.still_over(self.config.pending_bytes_max) {
+            conn.settle_overflow(false);
+            self.stats.deliveries += overflow;
+            return None;
         }
-        conn.topics.borrow_mut().insert(name);
-    }
-
-    fn unsubscribe(&mut self, conn: &Rc<Connection>, topic: &[u8]) {
-        let (removed, emptied) = self.subscriptions.remove(topic, conn);
-        if !removed {
-            return;
-        }
-        conn.topics.borrow_mut().remove(topic);
-        if let Some(name) = emptied {
-            self.tell_owner_interest(name, false, None);
-        }
-    }
-
-    /// Tells the topic's owner this shard's interest changed. `waiter`, if any, handles
-    /// nothing more until the owner has acknowledged.
-    fn tell_owner_interest(
-        &mut self,
-        topic: TopicName,
-        subscribed: bool,
-        waiter: Option<&Connection>,
-    ) {
-        let owner = self.placement.owner(&topic);
-        if owner != self.id() {
-            let shard = self.id();
-            let ack = waiter.map(|c| {
-                c.awaiting_acks.set(c.awaiting_acks.get() + 1);
-                c.id
-            });
-            self.send(owner, Mail::Interest { topic, shard, subscribed, ack });
-        }
-    }
-
-    /// Answers a mail that asked for an acknowledgement.
-    fn ack(&mut self, to: Option<ConnectionId>) {
-        if let Some(to) = to {
-            self.send(to.shard, Mail::Ack { to });
-        }
-    }
-
-    fn publish(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
-        let owner = self.placement.owner(msg.target);
-        // Only the owner knows the interested shards; with one shard there are none.
-        let remote =
-            owner != self.id() || (self.config.shards > 1 && self.interest.shards(msg.target) != 0);
-        if !remote && self.subscriptions.get(msg.target).is_empty() {
-            return; // nobody anywhere subscribes
-        }
-        let frame = self.encode(conn, binary, msg, None, None);
-        if !remote {
-            // Nobody on another shard: skip the shared allocation.
-            let (bytes, start, _) = frame;
-            let frame = Rc::new(FrameBytes::Local { bytes, start });
-            return self.deliver_local(msg.target, &frame);
-        }
-        let shared = share(frame);
-        if owner == self.id() {
-            self.fan_out(shared);
-        } else {
-            self.send(owner, Mail::Publish(shared));
-        }
-    }
-
-    /// At the owner: forward to every interested shard, then deliver here.
-    fn fan_out(&mut self, frame: SharedFrame) {
-        let me = self.id();
-        for shard in each_shard(self.interest.shards(frame.topic())) {
-            if shard != me {
-                self.send(shard, Mail::Deliver(frame.clone()));
+        match self.config.slow_consumer {
+            SlowConsumer::Drop => {
+                let dropped = conn.settle_overflow(true) as u64;
+                self.stats.dropped += dropped;
+                self.stats.deliveries += overflow - dropped;
+                None
             }
-        }
-        self.deliver_shared(frame);
-    }
-
-    fn deliver_shared(&mut self, frame: SharedFrame) {
-        if self.subscriptions.get(frame.topic()).is_empty() {
-            return;
-        }
-        let local =
-            Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes.clone() });
-        self.deliver_local(frame.topic(), &local);
-    }
-
-    /// The hot loop: one encoded frame, a handle pushed to each local subscriber.
-    fn deliver_local(&mut self, topic: &[u8], frame: &Frame) {
-        let max = self.config.pending_bytes_max;
-        let policy = self.config.slow_consumer;
-        for conn in self.subscriptions.get(topic) {
-            match conn.deliver(frame, max, policy) {
-                Delivery::Queued => self.stats.deliveries += 1,
-                Delivery::Dropped => self.stats.dropped += 1,
-                Delivery::ClosedSlow => {
-                    self.stats.slow_consumer_closes += 1;
-                    tracing::warn!(
-                        cid = %conn.id,
-                        peer = %conn.peer_text(),
-                        pending_bytes_max = max,
-                        "slow consumer: closed"
-                    );
-                }
-                Delivery::Closing => {}
+            SlowConsumer::Disconnect => {
+                conn.settle_overflow(false);
+                Some(CloseReason::SlowConsumer)
             }
         }
     }
 
-    fn request(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
-        let req_id = msg.header("ReqID");
-        // The ReqID is copied into the RES, which may go out in a text frame.
-        if req_id.is_some_and(|v| std::str::from_utf8(v).is_err()) {
-            return self.malformed(conn, "ReqID must be UTF-8");
-        }
-        if conn.pending_requests.get() >= self.config.pending_requests_max {
-            return self.limit(conn, "pending requests", b"REQ", msg.target, req_id);
-        }
-        let rid = RequestId::new(self.next_request, self.id(), self.config.shards);
-        self.next_request += 1;
-        let frame = self.encode(conn, binary, msg, None, Some(rid));
-        let owner = self.placement.owner(msg.target);
-        self.pending.insert(
-            rid,
-            Pending {
-                conn: conn.id.local,
-                topic: msg.target.into(),
-                req_id: req_id.map(Into::into),
-                owner,
-            },
-        );
-        conn.pending_requests.set(conn.pending_requests.get() + 1);
-        if let Some(timeout) = self.config.request_timeout {
-            self.deadlines.push_back((self.now + timeout, rid));
-        }
-        let request = Box::new(Request {
-            rid,
-            requester: conn.id,
-            frame: share(frame),
-            req_id: req_id.map(Into::into),
-        });
-        self.route_request(owner, request);
-    }
-
-    fn route_request(&mut self, owner: ShardId, request: Box<Request>) {
-        self.send(owner, Mail::Request(request));
-    }
-
-    /// At the owner: fewest in flight, round-robin among equals.
-    fn pick_responder(&mut self, request: Box<Request>) {
-        let rid = request.rid;
-        match self.pools.pick(request.frame.topic(), rid) {
-            Some(responder) => {
-                let owner = self.id();
-                self.send(responder.shard, Mail::Assign { request, responder, owner });
-            }
-            None => {
-                let to = request.requester.shard;
-                self.send(to, Mail::Failed { rid, code: ErrorCode::NoResponder });
-            }
-        }
-    }
-
-    /// At the responder's shard: hand the REQ to its connection.
-    fn assign(&mut self, request: Request, responder: ConnectionId, owner: ShardId) {
-        let rid = request.rid;
-        let Request { requester, frame, req_id, .. } = request;
-        let lost = |shard: &mut Self| {
-            shard.send(owner, Mail::Done { rid });
-            shard.send(requester.shard, Mail::Failed { rid, code: ErrorCode::ResponderLost });
-        };
-        let Some(conn) = self.connections.get(&responder.local).cloned() else {
-            return lost(self);
-        };
-        let frame = Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes });
-        // A responder that cannot keep up is a slow consumer like any other. Whatever the
-        // policy, the requester hears at once instead of waiting for its timeout.
-        match conn.deliver(&frame, self.config.pending_bytes_max, self.config.slow_consumer) {
-            Delivery::Queued => {
-                self.stats.deliveries += 1;
-                let responder = responder.local;
-                let entry = Assigned { requester, responder, owner, req_id, abandoned: false };
-                self.assigned.insert(rid, entry);
-            }
-            Delivery::Dropped => {
+    /// A REQ of `len` bytes did not fit `conn`'s budget (see [`Shard::assign`]).
+    pub(super) fn refuse(&mut self, conn: &Rc<Connection>, len: usize) {
+        match self.config.slow_consumer {
+            SlowConsumer::Drop => {
                 self.stats.dropped += 1;
-                lost(self);
+                conn.dropped.set(conn.dropped.get() + 1);
             }
-            Delivery::ClosedSlow => {
-                self.stats.slow_consumer_closes += 1;
-                tracing::warn!(cid = %conn.id, peer = %conn.peer_text(), "slow consumer: closed");
-                lost(self);
-            }
-            Delivery::Closing => lost(self),
-        }
-    }
-
-    fn respond(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
-        let Some(rid_text) = msg.header("Rid") else {
-            return self.malformed(conn, "RES without a Rid header");
-        };
-        let known = RequestId::parse(rid_text)
-            .filter(|rid| self.assigned.get(rid).is_some_and(|a| a.responder == conn.id.local));
-        let Some(rid) = known else {
-            return self.error(conn, ErrorCode::NoRequest, b"RES", msg.target, None);
-        };
-        let Some(assigned) = self.assigned.remove(&rid) else {
-            return;
-        };
-        self.send(assigned.owner, Mail::Done { rid });
-        if assigned.abandoned {
-            return;
-        }
-        let frame = self.encode(conn, binary, msg, assigned.req_id.as_deref(), None);
-        let to = assigned.requester.shard;
-        if to == self.id() {
-            let (bytes, start, _) = frame;
-            self.complete(rid, Rc::new(FrameBytes::Local { bytes, start }));
-        } else {
-            self.send(to, Mail::Response { rid, frame: share(frame) });
-        }
-    }
-
-    /// At the requester's shard: the answer arrived.
-    fn complete(&mut self, rid: RequestId, frame: Frame) {
-        let Some(pending) = self.pending.remove(&rid) else {
-            return; // timed out, or the requester left: dropped silently.
-        };
-        if let Some(conn) = self.connections.get(&pending.conn) {
-            conn.pending_requests.set(conn.pending_requests.get() - 1);
-            conn.reply(frame);
-        }
-    }
-
-    /// At the requester's shard: the request failed.
-    fn fail(&mut self, rid: RequestId, code: ErrorCode) {
-        let Some(pending) = self.pending.remove(&rid) else {
-            return;
-        };
-        if let Some(conn) = self.connections.get(&pending.conn).cloned() {
-            conn.pending_requests.set(conn.pending_requests.get() - 1);
-            self.error(&conn, code, b"REQ", &pending.topic, pending.req_id.as_deref());
-        }
-    }
-
-    fn grant(&mut self, conn: &Rc<Connection>, command: Command, topic: &[u8]) {
-        if !conn.is_service() {
-            return self.error(
-                conn,
-                ErrorCode::NotTrusted,
-                command.as_str().as_bytes(),
-                topic,
-                None,
-            );
-        }
-        let grant = Grant::given_by(command).expect("only EPUB, ESUB and EREQ get here");
-        self.grants.insert(grant, topic);
-        let name: TopicName = topic.into();
-        let me = self.id();
-        for s in 0..self.config.shards {
-            let shard = ShardId(s as u16);
-            if shard != me {
-                conn.awaiting_acks.set(conn.awaiting_acks.get() + 1);
-                self.send(shard, Mail::Grant { grant, topic: name.clone(), ack: Some(conn.id) });
+            SlowConsumer::Disconnect => {
+                conn.refuse(len);
+                overflowed(&mut self.overflowed, conn);
             }
         }
-        if command == Command::Ereq && !conn.responder_for.borrow().iter().any(|t| **t == *topic) {
-            conn.responder_for.borrow_mut().push(name.clone());
-            let owner = self.placement.owner(topic);
-            let responder = conn.id;
-            let ack = (owner != me).then(|| {
-                conn.awaiting_acks.set(conn.awaiting_acks.get() + 1);
-                conn.id
-            });
-            self.send(owner, Mail::Register { topic: name, responder, ack });
-        }
-    }
-
-    /// `INT UID` with `forcid` and `setuid`.
-    fn interpose(&mut self, conn: &Rc<Connection>, msg: &Message<'_>) {
-        if !conn.is_service() {
-            return self.error(conn, ErrorCode::NotTrusted, b"INT", msg.target, None);
-        }
-        if msg.target != b"UID" {
-            return self.error(conn, ErrorCode::UnknownCommand, b"INT", msg.target, None);
-        }
-        let (Some(forcid), Some(uid)) = (msg.header("forcid"), msg.header("setuid")) else {
-            return self.malformed(conn, "INT UID needs forcid and setuid headers");
-        };
-        // The Uid goes into every message of that connection, text frames included.
-        if std::str::from_utf8(uid).is_err() {
-            return self.malformed(conn, "setuid must be UTF-8");
-        }
-        let target = ConnectionId::parse(forcid).filter(|c| c.shard.index() < self.config.shards);
-        let Some(target) = target else {
-            return self.error(conn, ErrorCode::NoConnection, b"INT", b"UID", None);
-        };
-        if target.shard == self.id() {
-            self.set_uid(target, uid, conn.id);
-        } else {
-            self.send(target.shard, Mail::SetUid { target, uid: uid.into(), from: conn.id });
-        }
-    }
-
-    fn set_uid(&mut self, target: ConnectionId, uid: &[u8], from: ConnectionId) {
-        match self.connections.get(&target.local).filter(|c| c.id == target) {
-            Some(conn) => conn.set_uid(uid),
-            None => {
-                let mut payload = Vec::with_capacity(96);
-                let mut text = Vec::with_capacity(32);
-                reply::write_error_text(ErrorCode::NoConnection, b"INT", b"UID", &mut text);
-                reply::write_error(ErrorCode::NoConnection, None, &text, &mut payload);
-                self.stats.errors[ErrorCode::NoConnection as usize] += 1;
-                if from.shard == self.id() {
-                    if let Some(c) = self.connections.get(&from.local) {
-                        c.reply_text(&payload);
-                    }
-                } else {
-                    let (bytes, start) = self
-                        .frame(Opcode::Text, payload.len(), |out| out.extend_from_slice(&payload));
-                    let frame =
-                        SharedFrame { bytes: Arc::new(bytes), start: start as u32, topic: 0..0 };
-                    self.send(from.shard, Mail::Direct { to: from, frame });
-                }
-            }
-        }
-    }
-
-    fn error(
-        &mut self,
-        conn: &Rc<Connection>,
-        code: ErrorCode,
-        command: &[u8],
-        target: &[u8],
-        req_id: Option<&[u8]>,
-    ) {
-        self.stats.errors[code as usize] += 1;
-        // The text goes through a reused scratch buffer: a flood of bad messages costs one
-        // allocation per error (the frame), which stays queued until the peer reads it.
-        let mut text = std::mem::take(&mut self.text);
-        text.clear();
-        reply::write_error_text(code, command, target, &mut text);
-        let room = text.len() + req_id.map_or(0, <[u8]>::len) + 48;
-        let (bytes, start) =
-            self.frame(Opcode::Text, room, |out| reply::write_error(code, req_id, &text, out));
-        self.text = text;
-        conn.reply(Rc::new(FrameBytes::Local { bytes, start }));
-    }
-
-    fn limit(
-        &mut self,
-        conn: &Rc<Connection>,
-        which: &str,
-        command: &[u8],
-        target: &[u8],
-        req_id: Option<&[u8]>,
-    ) {
-        let mut what = Vec::with_capacity(which.len() + 1 + command.len());
-        what.extend_from_slice(which.as_bytes());
-        what.push(b' ');
-        what.extend_from_slice(command);
-        self.error(conn, ErrorCode::Limit, &what, target, req_id);
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Mail from other shards.
-
-    pub fn handle_mail(&mut self, mail: Mail) {
-        match mail {
-            Mail::Publish(frame) => self.fan_out(frame),
-            Mail::Deliver(frame) => self.deliver_shared(frame),
-            Mail::Interest { topic, shard, subscribed, ack } => {
-                self.interest.set(topic, shard, subscribed);
-                self.ack(ack);
-            }
-            Mail::Grant { grant, topic, ack } => {
-                self.grants.insert(grant, &topic);
-                self.ack(ack);
-            }
-            Mail::Register { topic, responder, ack } => {
-                self.pools.register(topic, responder);
-                self.ack(ack);
-            }
-            Mail::Ack { to } => {
-                if let Some(conn) = self.connections.get(&to.local).filter(|c| c.id == to) {
-                    conn.awaiting_acks.set(conn.awaiting_acks.get() - 1);
-                    if conn.awaiting_acks.get() == 0 {
-                        conn.wake_reader();
-                    }
-                }
-            }
-            Mail::Unregister { topic, responder } => self.pools.unregister(&topic, responder),
-            Mail::Request(request) => self.pick_responder(request),
-            Mail::Assign { request, responder, owner } => self.assign(*request, responder, owner),
-            Mail::Failed { rid, code } => self.fail(rid, code),
-            Mail::Response { rid, frame } => {
-                let frame =
-                    Rc::new(FrameBytes::Shared { start: frame.start as usize, bytes: frame.bytes });
-                self.complete(rid, frame);
-            }
-            Mail::Done { rid } => self.pools.done(rid),
-            Mail::Forget { rid, timed_out } => self.forget(rid, timed_out),
-            Mail::SetUid { target, uid, from } => self.set_uid(target, &uid, from),
-            Mail::Direct { to, frame } => {
-                if let Some(conn) = self.connections.get(&to.local).filter(|c| c.id == to) {
-                    conn.reply(Rc::new(FrameBytes::Shared {
-                        start: frame.start as usize,
-                        bytes: frame.bytes,
-                    }));
-                }
-            }
-            Mail::Shutdown => self.begin_drain(),
-            // Keys are the runtime's (the shard never sees a key).
-            Mail::Keys(_) => {}
-            // The runtime answers scrapes itself (adding its I/O counters); a shard run
-            // without one answers with what it has.
-            Mail::Scrape { reply } => {
-                let _ = reply.send(self.snapshot());
-            }
-            Mail::Drain { round } => {
-                self.drain.received[usize::from(round)] += 1;
-                self.advance_drain();
-            }
-        }
-    }
-
-    /// Starts the shutdown barrier. From now on the runtime handles no more input from
-    /// sockets; the shards exchange `Drain` markers in rounds. A shard sends round `r + 1`
-    /// once it has sent round `r` and received round `r` from every other shard; since mail
-    /// between two shards stays in order, after the last round every mail that input from
-    /// before the shutdown caused, through every hop, has been handled. Only then are the
-    /// connections closed, so nothing already accepted is lost between shards.
-    pub fn begin_drain(&mut self) {
-        if self.shutdown_requested {
-            return;
-        }
-        self.shutdown_requested = true;
-        self.advance_drain();
-    }
-
-    fn advance_drain(&mut self) {
-        while self.shutdown_requested && !self.drain.done {
-            if let Some(last) = self.drain.sent.checked_sub(1) {
-                if self.drain.received[last] < self.config.shards - 1 {
-                    return;
-                }
-                if self.drain.sent == DRAIN_ROUNDS {
-                    self.drain.done = true;
-                    return;
-                }
-            }
-            let round = self.drain.sent as u8;
-            let me = self.id();
-            for s in 0..self.config.shards {
-                let shard = ShardId(s as u16);
-                if shard != me {
-                    self.send(shard, Mail::Drain { round });
-                }
-            }
-            self.drain.sent += 1;
-        }
-    }
-
-    /// The drain barrier is complete (see [`Shard::begin_drain`]).
-    pub fn drained(&self) -> bool {
-        self.drain.done
-    }
-
-    /// At the owner, then at the responder's shard.
-    fn forget(&mut self, rid: RequestId, timed_out: bool) {
-        if let Some(a) = self.assigned.get_mut(&rid) {
-            // At the responder's shard (which may also be the owner, handled below).
-            if timed_out {
-                self.assigned.remove(&rid);
-            } else {
-                a.abandoned = true;
-            }
-        }
-        if let Some(responder) = self.pools.route_of(rid) {
-            if timed_out {
-                self.pools.done(rid);
-            }
-            if responder.shard != self.id() {
-                self.send(responder.shard, Mail::Forget { rid, timed_out });
-            }
-        }
-    }
-
-    /// The earliest request deadline, if any request is waiting.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.front().map(|(d, _)| *d)
-    }
-
-    /// Fails every request whose deadline has passed with `timeout`.
-    pub fn expire_requests(&mut self) {
-        while let Some(&(deadline, rid)) = self.deadlines.front() {
-            if deadline > self.now {
-                break;
-            }
-            self.deadlines.pop_front();
-            let Some(owner) = self.pending.get(&rid).map(|p| p.owner) else {
-                continue; // answered already
-            };
-            self.stats.request_timeouts += 1;
-            self.fail(rid, ErrorCode::Timeout);
-            self.send(owner, Mail::Forget { rid, timed_out: true });
-        }
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Mail out.
-
-    /// Sends mail to a shard; mail to this shard is handled at once.
-    fn send(&mut self, to: ShardId, mail: Mail) {
-        if to == self.id() {
-            self.handle_mail(mail);
-        } else {
-            self.outgoing[to.index()].push_back(mail);
-        }
-    }
-
-    /// Hands queued mail to the destination inboxes, waking each destination once. Mail an
-    /// inbox has no room for stays queued, in order; returns whether any is left.
-    pub fn flush_mail(&mut self, mailboxes: &Mailboxes) -> bool {
-        let mut left = false;
-        for (i, queue) in self.outgoing.iter_mut().enumerate() {
-            if queue.is_empty() {
-                continue;
-            }
-            let to = ShardId(i as u16);
-            while let Some(mail) = queue.pop_front() {
-                if let Err(mail) = mailboxes.try_send(to, mail) {
-                    queue.push_front(mail);
-                    self.stats.mail_backlogged += 1;
-                    left = true;
-                    break;
-                }
-            }
-            mailboxes.wake(to);
-        }
-        left
-    }
-
-    /// Takes the queued mail for `to` (for tests that move mail themselves).
-    pub fn take_mail(&mut self, to: ShardId) -> VecDeque<Mail> {
-        std::mem::take(&mut self.outgoing[to.index()])
-    }
-
-    pub fn has_backlog(&self) -> bool {
-        self.outgoing.iter().any(|q| !q.is_empty())
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Encoding.
-
-    /// Encodes one server frame: `write` appends the payload; returns the buffer and where
-    /// the frame starts in it (header room is reserved up front and the unused part skipped).
-    fn frame(
-        &mut self,
-        opcode: Opcode,
-        payload_len: usize,
-        write: impl FnOnce(&mut Vec<u8>),
-    ) -> (Vec<u8>, usize) {
-        let room = ws::HEADER_BYTES_MAX;
-        let mut bytes = Vec::with_capacity(room + payload_len);
-        bytes.resize(room, 0);
-        write(&mut bytes);
-        let len = bytes.len() - room;
-        self.header.clear();
-        ws::encode_header(opcode, len, &mut self.header);
-        let start = room - self.header.len();
-        bytes[start..room].copy_from_slice(&self.header);
-        (bytes, start)
-    }
-
-    /// Encodes the relayed form of `msg` from `conn` as one frame, sized exactly; also
-    /// returns where its topic is.
-    fn encode(
-        &mut self,
-        conn: &Connection,
-        binary: bool,
-        msg: &Message<'_>,
-        req_id: Option<&[u8]>,
-        rid: Option<RequestId>,
-    ) -> (Vec<u8>, usize, std::ops::Range<u32>) {
-        let opcode = if binary { Opcode::Binary } else { Opcode::Text };
-        let rid = rid.map(|r| r.0);
-        let (bytes, start) = conn.with_uid(|uid| {
-            let sender = Sender { cid: &conn.cid, uid };
-            let len = message::relay_len(msg, sender, req_id, rid);
-            self.frame(opcode, len, |out| message::write_relay(msg, sender, req_id, rid, out))
-        });
-        let topic_start = ws::HEADER_BYTES_MAX + msg.word.len() + 1;
-        let topic = topic_start as u32..(topic_start + msg.target.len()) as u32;
-        debug_assert_eq!(&bytes[topic.start as usize..topic.end as usize], msg.target);
-        (bytes, start, topic)
     }
 }
 
-fn share((bytes, start, topic): (Vec<u8>, usize, std::ops::Range<u32>)) -> SharedFrame {
-    SharedFrame { bytes: Arc::new(bytes), start: start as u32, topic }
+/// Records `conn` for the runtime's verdict, once per verdict.
+fn overflowed(list: &mut Vec<Rc<Connection>>, conn: &Rc<Connection>) {
+    if conn.mark_for_verdict() {
+        list.push(conn.clone());
+    }
 }
 
 #[cfg(test)]
@@ -897,7 +330,7 @@ mod tests {
 
     /// The counters index by `as usize`, so declaration order must be the `ALL` order.
     #[test]
-    fn counter_indexes_follow_the_all_lists() {
+    pub(super) fn counter_indexes_follow_the_all_lists() {
         for (i, c) in Command::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }

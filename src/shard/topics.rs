@@ -10,12 +10,10 @@ use std::rc::Rc;
 use ahash::AHashMap;
 use smallvec::SmallVec;
 
-use super::mailbox::TopicName;
-use crate::connection::Connection;
+use super::connection::Connection;
+use super::TopicName;
 use crate::ids::{ConnectionId, ShardId};
-
-/// The largest supported `--shards`: interest sets are 64-bit masks.
-pub const SHARDS_MAX: usize = 64;
+use crate::limits::SHARDS_MAX;
 
 /// Maps a topic to the shard that owns it. The seeds are fixed so every shard (and every run)
 /// agrees.
@@ -37,10 +35,6 @@ impl Placement {
             ),
             shards,
         }
-    }
-
-    pub fn shards(&self) -> usize {
-        self.shards
     }
 
     pub fn owner(&self, topic: &[u8]) -> ShardId {

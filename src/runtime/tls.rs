@@ -23,16 +23,11 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
 
-use super::Connection;
-
-/// One TLS record's worth of ciphertext per socket read.
-pub const CIPHER_READ_BYTES: usize = 17 << 10;
-
-/// Plaintext encrypted per write batch (and rustls's limit on buffered plaintext).
-const CIPHER_BATCH_BYTES: usize = 64 << 10;
+use crate::limits::{CIPHER_BATCH_BYTES, CIPHER_READ_BYTES};
+use crate::shard::connection::Connection;
 
 /// Loads a PEM certificate chain and private key into a server configuration.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
@@ -56,14 +51,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
 }
 
 /// A connection's TLS session.
-pub struct Tls {
+pub(crate) struct Tls {
     session: RefCell<ServerConnection>,
     /// Ciphertext read from the socket that rustls has not taken yet (usually empty).
     unread: RefCell<Vec<u8>>,
 }
 
 impl Tls {
-    pub fn new(config: &Arc<ServerConfig>) -> Result<Rc<Self>, rustls::Error> {
+    pub(crate) fn new(config: &Arc<ServerConfig>) -> Result<Rc<Self>, rustls::Error> {
         let mut session = ServerConnection::new(config.clone())?;
         session.set_buffer_limit(Some(CIPHER_BATCH_BYTES));
         Ok(Rc::new(Self { session: RefCell::new(session), unread: RefCell::new(Vec::new()) }))
@@ -77,7 +72,7 @@ impl Tls {
     /// rustls refuses ciphertext while decrypted plaintext waits to be taken (its buffer is
     /// bounded), so ciphertext is fed one `read_tls` at a time, each only after the plaintext
     /// before it was handed out; what it did not take waits in `unread`.
-    pub fn poll_read(
+    pub(crate) fn poll_read(
         &self,
         cx: &mut Context<'_>,
         stream: &RefCell<TcpStream>,
@@ -132,12 +127,12 @@ impl Tls {
 
 /// The writer of a TLS connection: encrypts what is queued in batches and writes it, until
 /// the connection is closed.
-pub async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, tls: Rc<Tls>) {
+pub(crate) async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, tls: Rc<Tls>) {
     let mut cipher = Vec::new();
     loop {
         poll_fn(|cx| {
-            if conn.out.borrow().is_empty() && !tls.wants_write() {
-                conn.writer.set(Some(cx.waker().clone()));
+            if conn.queue().is_empty() && !tls.wants_write() {
+                conn.park_writer(cx.waker());
                 Poll::Pending
             } else {
                 Poll::Ready(())
@@ -146,7 +141,7 @@ pub async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, tl
         .await;
         let closing_done = {
             let mut session = tls.session.borrow_mut();
-            let mut out = conn.out.borrow_mut();
+            let mut out = conn.queue();
             while let Some(head) = out.head() {
                 match session.writer().write(head) {
                     Ok(0) | Err(_) => break, // rustls's plaintext buffer is full
@@ -166,7 +161,7 @@ pub async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, tl
             done
         };
         if write_all(&stream, &cipher).await.is_err() {
-            return conn.writer_failed();
+            return conn.writer_done(true);
         }
         conn.wrote(cipher.len());
         if cipher.capacity() > 2 * CIPHER_BATCH_BYTES {
@@ -174,8 +169,7 @@ pub async fn write_loop(conn: Rc<Connection>, stream: Rc<RefCell<TcpStream>>, tl
         }
         if closing_done {
             let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
-            conn.writer_finished();
-            return;
+            return conn.writer_done(false);
         }
     }
 }
