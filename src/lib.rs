@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod auth;
+pub(crate) mod cluster;
 pub mod config;
 pub mod connection;
 pub mod grants;
