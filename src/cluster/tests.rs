@@ -53,7 +53,11 @@ impl Node {
     }
 
     fn try_start(config: BridgeConfig) -> Result<Self, StartError> {
-        let (port, inboxes) = cluster_inboxes(2, 1024);
+        Self::with_inbox(config, 1024)
+    }
+
+    fn with_inbox(config: BridgeConfig, capacity: usize) -> Result<Self, StartError> {
+        let (port, inboxes) = cluster_inboxes(2, capacity);
         let started = Bridge::start(config, Arc::new(port))?;
         let handle = started.bridge.handle();
         Ok(Self {
@@ -431,4 +435,32 @@ fn start_fails_clearly_without_nats() {
     let err = Node::try_start(config).err().expect("started without NATS");
     assert!(matches!(err, StartError::Connect(_)), "{err}");
     assert!(err.to_string().contains("cannot reach NATS"), "{err}");
+}
+
+#[test]
+fn a_full_shard_inbox_never_stalls_the_bridge_it_backs_up_in_order_then_drops_and_counts() {
+    let server = NatsServer::start();
+    let mut small = config(&server, "a");
+    small.backlog_capacity = 10;
+    let a = Node::with_inbox(small, 1).unwrap_or_else(|e| panic!("{e}"));
+    let b = Node::start(&server, "b");
+    let t = topic(b"flood");
+    a.handle.subscribe_topic(ShardId(1), t.clone(), Some(1)).unwrap();
+    assert!(a.confirmed(1, 1));
+
+    const N: u64 = 500;
+    for i in 0..N {
+        assert!(b.handle.publish(t.clone(), Bytes::from(i.to_string()), false));
+    }
+    // Nobody reads shard 1 until A's bridge has taken in all of them: one fits in the inbox,
+    // ten wait in the backlog, the rest are dropped and counted.
+    eventually("A's bridge received everything", || a.handle.stats().messages_in >= N);
+    eventually("the overflow is counted", || a.handle.stats().dropped_inbound == N - 11);
+    for i in 0..11u64 {
+        assert_eq!(a.next_publish(1).1.as_ref(), i.to_string().as_bytes());
+    }
+    // The bridge kept serving meanwhile: other shards and requests were never stuck.
+    let reply = ReplyTo { shard: ShardId(0), kind: ReplyKind::Request, id: 3 };
+    assert!(a.handle.request(topic(b"none"), reply, Bytes::new(), false));
+    a.expect(0, "no responders", |e| matches!(e, Event::NoResponders { id: 3, .. }).then_some(()));
 }
