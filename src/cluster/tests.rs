@@ -464,3 +464,12 @@ fn a_full_shard_inbox_never_stalls_the_bridge_it_backs_up_in_order_then_drops_an
     assert!(a.handle.request(topic(b"none"), reply, Bytes::new(), false));
     a.expect(0, "no responders", |e| matches!(e, Event::NoResponders { id: 3, .. }).then_some(()));
 }
+
+#[test]
+fn the_harness_fails_with_the_install_command_when_nats_server_is_missing() {
+    let panic = std::panic::catch_unwind(|| NatsServer::start_program("nats-server-not-installed"))
+        .err()
+        .expect("the harness started a server that does not exist");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("apt-get install -y nats-server"), "{message}");
+}

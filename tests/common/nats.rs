@@ -23,12 +23,19 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: PathBuf,
     port: u16,
+    program: &'static str,
 }
 
 impl NatsServer {
     /// Starts a server on a port nats-server picks itself (`-p -1`), read back from its
     /// ports file.
     pub fn start() -> Self {
+        Self::start_program("nats-server")
+    }
+
+    /// [`NatsServer::start`] with another binary name (the harness's own test uses a missing
+    /// one).
+    pub fn start_program(program: &'static str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -39,10 +46,10 @@ impl NatsServer {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(dir.join("ports")).expect("create the nats-server directory");
-        let child = spawn(&dir, None);
+        let child = spawn(program, &dir, None);
         let pid = child.id();
         let port = wait_for_port_file(&dir.join("ports"), pid);
-        let mut server = Self { child: Some(child), dir, port };
+        let mut server = Self { child: Some(child), dir, port, program };
         server.wait_listening();
         server
     }
@@ -66,7 +73,7 @@ impl NatsServer {
     /// Starts it again on the same port with the same JetStream store.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Some(spawn(&self.dir, Some(self.port)));
+        self.child = Some(spawn(self.program, &self.dir, Some(self.port)));
         self.wait_listening();
     }
 
@@ -93,14 +100,14 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn(dir: &Path, port: Option<u16>) -> Child {
+fn spawn(program: &str, dir: &Path, port: Option<u16>) -> Child {
     let port = port.map_or("-1".to_owned(), |p| p.to_string());
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("log"))
         .expect("open the nats-server log");
-    let result = Command::new("nats-server")
+    let result = Command::new(program)
         .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
         .arg(dir.join("js"))
         .arg("--ports_file_dir")
@@ -112,7 +119,7 @@ fn spawn(dir: &Path, port: Option<u16>) -> Child {
     match result {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("nats-server is not on PATH; the cluster tests need it: {INSTALL}")
+            panic!("{program} is not on PATH; the cluster tests need it: {INSTALL}")
         }
         Err(e) => panic!("cannot start nats-server ({e}); is it installed? {INSTALL}"),
     }
