@@ -473,3 +473,21 @@ fn the_harness_fails_with_the_install_command_when_nats_server_is_missing() {
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("apt-get install -y nats-server"), "{message}");
 }
+
+#[test]
+fn a_live_node_keeps_its_name_past_the_ttl_by_heartbeat() {
+    let server = NatsServer::start();
+    let config = config(&server, "keeper");
+    let ttl = config.node_ttl;
+    let _keeper = Node::start(&server, "keeper");
+    // Without the heartbeat the claim would expire after `ttl`; keep asking for twice that.
+    let start = Instant::now();
+    while start.elapsed() < ttl * 2 {
+        match Node::try_start(config.clone()) {
+            Err(StartError::DuplicateName { .. }) => {}
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("the name was free {:?} after the live node took it", start.elapsed()),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
