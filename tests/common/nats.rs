@@ -46,7 +46,13 @@ impl NatsServer {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(dir.join("ports")).expect("create the nats-server directory");
-        let child = spawn(program, &dir, None);
+        let child = match spawn(program, &dir, None) {
+            Ok(child) => child,
+            Err(message) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("{message}");
+            }
+        };
         let pid = child.id();
         let port = wait_for_port_file(&dir.join("ports"), pid);
         let mut server = Self { child: Some(child), dir, port, program };
@@ -73,7 +79,8 @@ impl NatsServer {
     /// Starts it again on the same port with the same JetStream store.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Some(spawn(self.program, &self.dir, Some(self.port)));
+        self.child =
+            Some(spawn(self.program, &self.dir, Some(self.port)).unwrap_or_else(|m| panic!("{m}")));
         self.wait_listening();
     }
 
@@ -100,7 +107,7 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn(program: &str, dir: &Path, port: Option<u16>) -> Child {
+fn spawn(program: &str, dir: &Path, port: Option<u16>) -> Result<Child, String> {
     let port = port.map_or("-1".to_owned(), |p| p.to_string());
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -116,13 +123,13 @@ fn spawn(program: &str, dir: &Path, port: Option<u16>) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn();
-    match result {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("{program} is not on PATH; the cluster tests need it: {INSTALL}")
+    result.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!("{program} is not on PATH; the cluster tests need it: {INSTALL}")
+        } else {
+            format!("cannot start {program} ({e}); is it installed? {INSTALL}")
         }
-        Err(e) => panic!("cannot start nats-server ({e}); is it installed? {INSTALL}"),
-    }
+    })
 }
 
 /// Reads `nats-server_<pid>.ports`: `{"nats":["nats://127.0.0.1:43411"],...}`.
