@@ -112,12 +112,15 @@ printf '[req]\ndistinguished_name=dn\nx509_extensions=ext\nprompt=no\n[dn]\nCN=1
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -keyout "$KEY" -out "$CERT" -days 30 -config "$WORK/req.cnf" 2>/dev/null
 
-# Waits until file $1 has a line matching $2 and prints the URL after $2 in it.
+# Waits until file $1 has a line matching $2 followed by host:port and prints what follows $2
+# (a line still being written, with no port yet, is waited for too).
 wait_for_url() {
-    local file="$1" pattern="$2"
+    local file="$1" pattern="$2" found
     for _ in $(seq 1 300); do
-        if grep -q "$pattern" "$file" 2>/dev/null; then
-            grep -m1 "$pattern" "$file" | sed -e "s|.*$pattern||" -e 's|[[:space:]]*$||'
+        found="$(grep -m1 "$pattern" "$file" 2>/dev/null |
+            sed -e "s|.*$pattern||" -e 's|[[:space:]]*$||')" || true
+        if [[ "$found" =~ :[0-9]+$ ]]; then
+            echo "$found"
             return 0
         fi
         sleep 0.1
