@@ -188,7 +188,8 @@ pub fn table(input: &str) -> String {
         marked |= scenario_rows(&mut out, label, runs);
     }
     out.push_str(
-        "\n↑: higher is better, so a ratio above 1 favours the first broker (middleman); ↓: lower \
+        "\n↑: higher is better, so a ratio above 1 favours the table's first broker (middleman, or \
+         `--shards 2` in the shards table); ↓: lower \
          is better, so a ratio below 1 favours it.\n",
     );
     if marked {
