@@ -27,9 +27,17 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct Common {
-    /// WebSocket URL of the broker: ws://, or wss:// for TLS (needs --tls-ca).
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:8765/")]
-    pub url: String,
+    /// WebSocket URL(s) of the broker: ws://, or wss:// for TLS (needs --tls-ca). Repeat it
+    /// or separate URLs with commas to spread connections over several brokers (nodes): the
+    /// i-th connection of a kind goes to URL i % count.
+    #[arg(long, global = true, value_delimiter = ',', default_value = "ws://127.0.0.1:8765/")]
+    pub url: Vec<String>,
+    /// URL(s) for publishers and requesters only (default: --url), dealt the same way.
+    #[arg(long = "pub-url", global = true, value_delimiter = ',', value_name = "URL")]
+    pub pub_url: Vec<String>,
+    /// URL(s) for subscribers and responders only (default: --url), dealt the same way.
+    #[arg(long = "sub-url", global = true, value_delimiter = ',', value_name = "URL")]
+    pub sub_url: Vec<String>,
     /// wss://: PEM certificate(s) to trust, e.g. the broker's self-signed certificate.
     #[arg(long, global = true, value_name = "FILE")]
     pub tls_ca: Option<std::path::PathBuf>,
@@ -319,18 +327,112 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     Ok(Target { addr, host, hostname, path: path.to_string(), secure, tls: None })
 }
 
-/// The run's target from `--url`, with the TLS configuration for `wss://` (`--tls-ca`,
-/// `--tls-server-name`).
-pub fn target(common: &Common) -> Result<Target, String> {
-    let mut target = parse_url(&common.url)?;
-    if !target.secure {
-        if common.tls_ca.is_some() || common.tls_server_name.is_some() {
-            return Err("--tls-ca and --tls-server-name need a wss:// URL".into());
+/// Which URL list a connection takes its URL from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Publishers and requesters: `--pub-url`, else `--url`.
+    Publisher,
+    /// Subscribers and responders: `--sub-url`, else `--url`.
+    Subscriber,
+    /// Idle connections: `--url`.
+    Other,
+}
+
+/// The brokers of a run and which connection goes where. A side's list is dealt round-robin
+/// by the connection's rank within its kind: publisher p gets `pub[p % len]`, subscriber s gets
+/// `sub[s % len]`, idle connection c gets `url[c % len]`. So "publisher on node A, subscribers
+/// on A and B" is `--pub-url A --sub-url A,B`.
+#[derive(Clone, Debug)]
+pub struct Targets {
+    /// Every distinct URL, in the order first named.
+    pub list: Vec<Target>,
+    pub urls: Vec<String>,
+    publishers: Vec<usize>,
+    subscribers: Vec<usize>,
+    others: Vec<usize>,
+}
+
+impl Targets {
+    /// Index into `list` of the target of the `rank`-th connection of `side`.
+    pub fn index(&self, side: Side, rank: usize) -> usize {
+        let dealt = match side {
+            Side::Publisher => &self.publishers,
+            Side::Subscriber => &self.subscribers,
+            Side::Other => &self.others,
+        };
+        dealt[rank % dealt.len()]
+    }
+
+    pub fn pick(&self, side: Side, rank: usize) -> &Target {
+        &self.list[self.index(side, rank)]
+    }
+
+    /// Some connection uses TLS.
+    pub fn tls(&self) -> bool {
+        self.list.iter().any(|t| t.tls.is_some())
+    }
+
+    /// Every target is an IPv4 loopback address.
+    pub fn loopback(&self) -> bool {
+        self.list.iter().all(|t| match t.addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_loopback(),
+            std::net::IpAddr::V6(_) => false,
+        })
+    }
+
+    /// The URLs, comma-separated, for the report.
+    pub fn describe(&self) -> String {
+        self.urls.join(",")
+    }
+}
+
+/// The run's targets from `--url`, `--pub-url` and `--sub-url`, with the TLS configuration for
+/// `wss://` ones (`--tls-ca`, `--tls-server-name`).
+pub fn targets(common: &Common) -> Result<Targets, String> {
+    let mut targets = Targets {
+        list: Vec::new(),
+        urls: Vec::new(),
+        publishers: Vec::new(),
+        subscribers: Vec::new(),
+        others: Vec::new(),
+    };
+    let lists = [(&common.url, 0), (&common.pub_url, 1), (&common.sub_url, 2)];
+    for (urls, which) in lists {
+        for url in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+            let i = match targets.urls.iter().position(|u| u == url) {
+                Some(i) => i,
+                None => {
+                    targets.list.push(target(common, url)?);
+                    targets.urls.push(url.to_string());
+                    targets.list.len() - 1
+                }
+            };
+            [&mut targets.others, &mut targets.publishers, &mut targets.subscribers][which].push(i);
         }
+    }
+    if targets.others.is_empty() {
+        return Err("--url: no URL given".into());
+    }
+    if targets.publishers.is_empty() {
+        targets.publishers = targets.others.clone();
+    }
+    if targets.subscribers.is_empty() {
+        targets.subscribers = targets.others.clone();
+    }
+    if !targets.tls() && (common.tls_ca.is_some() || common.tls_server_name.is_some()) {
+        return Err("--tls-ca and --tls-server-name need a wss:// URL".into());
+    }
+    Ok(targets)
+}
+
+/// One target, with its TLS configuration if it is `wss://`.
+fn target(common: &Common, url: &str) -> Result<Target, String> {
+    let mut target = parse_url(url)?;
+    if !target.secure {
         return Ok(target);
     }
     let ca = common.tls_ca.as_ref().ok_or_else(|| {
-        format!("`{}`: wss:// needs --tls-ca FILE (the PEM certificate(s) to trust)", common.url)
+        format!("`{url}`: wss:// needs --tls-ca FILE (the PEM certificate(s) to trust)")
     })?;
     let name = common.tls_server_name.as_deref().unwrap_or(&target.hostname);
     target.tls = Some(ClientTls::new(ca, name)?);
@@ -428,12 +530,40 @@ mod tests {
             all.push("reqres");
             Cli::try_parse_from(all).unwrap().common
         };
-        let err = target(&common(&["--url", "wss://127.0.0.1:9/"])).unwrap_err();
+        let err = targets(&common(&["--url", "wss://127.0.0.1:9/"])).unwrap_err();
         assert!(err.contains("--tls-ca"), "{err}");
         let err =
-            target(&common(&["--url", "ws://127.0.0.1:9/", "--tls-ca", "x.pem"])).unwrap_err();
+            targets(&common(&["--url", "ws://127.0.0.1:9/", "--tls-ca", "x.pem"])).unwrap_err();
         assert!(err.contains("wss://"), "{err}");
-        assert!(target(&common(&["--url", "ws://127.0.0.1:9/"])).unwrap().tls.is_none());
+        assert!(!targets(&common(&["--url", "ws://127.0.0.1:9/"])).unwrap().tls());
+    }
+
+    #[test]
+    fn url_lists_are_dealt_round_robin_per_side() {
+        let common = |args: &[&str]| {
+            let mut all = vec!["middleman-loadtest"];
+            all.extend(args);
+            all.push("fanout");
+            Cli::try_parse_from(all).unwrap().common
+        };
+        let (a, b, c) = ("ws://127.0.0.1:1/", "ws://127.0.0.1:2/", "ws://127.0.0.1:3/");
+        // Comma-separated and repeated are the same list.
+        let list = format!("{a},{b}");
+        let t = targets(&common(&["--url", &list, "--url", c])).unwrap();
+        assert_eq!(t.urls, vec![a, b, c]);
+        let dealt: Vec<usize> = (0..5).map(|r| t.index(Side::Subscriber, r)).collect();
+        assert_eq!(dealt, vec![0, 1, 2, 0, 1]);
+        assert_eq!(t.index(Side::Publisher, 4), 1);
+        assert_eq!(t.describe(), format!("{a},{b},{c}"));
+        // Publisher on A, subscribers on A and B; idle connections keep --url.
+        let t = targets(&common(&["--url", c, "--pub-url", a, "--sub-url", &list])).unwrap();
+        assert_eq!(t.urls, vec![c, a, b]);
+        assert_eq!((0..3).map(|r| t.index(Side::Publisher, r)).collect::<Vec<_>>(), vec![1; 3]);
+        let subs: Vec<usize> = (0..4).map(|r| t.index(Side::Subscriber, r)).collect();
+        assert_eq!(subs, vec![1, 2, 1, 2]);
+        assert_eq!(t.index(Side::Other, 7), 0);
+        assert_eq!(t.pick(Side::Subscriber, 1).addr, "127.0.0.1:2".parse().unwrap());
+        assert!(targets(&common(&["--url", "http://127.0.0.1:1/"])).is_err());
     }
 
     #[test]

@@ -340,6 +340,20 @@ fn decrypt(
     Ok((filled, false))
 }
 
+/// One read() from the socket: `Some(n)` bytes, `None` when it has nothing now (retrying
+/// interrupted calls), or why the connection ended (end of stream, an error).
+fn read_some(sock: &mut TcpStream, into: &mut [u8]) -> Result<Option<usize>, CloseReason> {
+    loop {
+        match sock.read(into) {
+            Ok(0) => return Err(CloseReason::Eof),
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CloseReason::Io(e.kind())),
+        }
+    }
+}
+
 fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
@@ -574,6 +588,12 @@ impl Conn {
     /// Reads until the socket is drained, handing every event to `handle`. `now` is read once
     /// per read() call: every message in those bytes was available at that instant. `cipher`
     /// is the worker's buffer for TLS ciphertext (unused, and left empty, without TLS).
+    ///
+    /// Plain and TLS connections share this loop; they differ only in where a read lands and
+    /// how its bytes reach `scratch`. Plain bytes are read straight into `scratch` after the
+    /// space the carried-over bytes need, so they are copied in front only when the read
+    /// brought something. With TLS, ciphertext is read into `cipher` and decrypted into that
+    /// same place.
     pub fn on_readable(
         &mut self,
         scratch: &mut Vec<u8>,
@@ -581,83 +601,40 @@ impl Conn {
         clock: &crate::sys::Clock,
         handle: &mut dyn FnMut(&mut Sender, Event<'_>, u64),
     ) {
-        if self.tls.is_some() {
-            return self.on_readable_tls(scratch, cipher, clock, handle);
-        }
         loop {
             if self.stage == Stage::Closed || self.stage == Stage::Connecting {
                 return;
             }
             let carried = self.leftover.len();
-            if scratch.len() < carried + READ_BYTES {
-                scratch.resize(carried + READ_BYTES, 0);
-            }
-            // Read after the space the carried bytes need; copy them in front only when the
-            // read brought something.
-            let n = match self.sock.read(&mut scratch[carried..carried + READ_BYTES]) {
-                Ok(0) => {
-                    self.fail(CloseReason::Eof);
-                    return;
+            let into = if self.tls.is_some() {
+                if cipher.len() < READ_BYTES {
+                    cipher.resize(READ_BYTES, 0);
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.fail(CloseReason::Io(e.kind()));
-                    return;
+                &mut cipher[..READ_BYTES]
+            } else {
+                if scratch.len() < carried + READ_BYTES {
+                    scratch.resize(carried + READ_BYTES, 0);
                 }
+                &mut scratch[carried..carried + READ_BYTES]
             };
-            let now = clock.now();
-            self.consume(scratch, carried + n, now, handle);
-            // A short read means the socket was empty; with edge-triggered epoll, data that
-            // arrives later raises a new event, so no extra read() to see EAGAIN is needed.
-            if n < READ_BYTES {
-                return;
-            }
-        }
-    }
-
-    /// TLS: reads ciphertext into `cipher`, decrypts it into `scratch` after the carried-over
-    /// bytes, and parses the result as the plain path does.
-    fn on_readable_tls(
-        &mut self,
-        scratch: &mut Vec<u8>,
-        cipher: &mut Vec<u8>,
-        clock: &crate::sys::Clock,
-        handle: &mut dyn FnMut(&mut Sender, Event<'_>, u64),
-    ) {
-        if cipher.len() < READ_BYTES {
-            cipher.resize(READ_BYTES, 0);
-        }
-        loop {
-            if self.stage == Stage::Closed || self.stage == Stage::Connecting {
-                return;
-            }
-            let n = match self.sock.read(&mut cipher[..READ_BYTES]) {
-                Ok(0) => {
-                    self.fail(CloseReason::Eof);
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.fail(CloseReason::Io(e.kind()));
-                    return;
-                }
-            };
-            let now = clock.now();
-            let carried = self.leftover.len();
-            let Some(tls) = self.tls.as_deref_mut() else {
-                return;
-            };
-            let decrypted = decrypt(tls, &cipher[..n], scratch, carried);
-            let (filled, close_notify) = match decrypted {
-                Ok(done) => done,
+            let n = match read_some(&mut self.sock, into) {
+                Ok(Some(n)) => n,
+                Ok(None) => return,
                 Err(reason) => {
                     self.fail(reason);
                     return;
                 }
+            };
+            let now = clock.now();
+            let (filled, close_notify) = match self.tls.as_deref_mut() {
+                None => (carried + n, false),
+                Some(tls) => match decrypt(tls, &cipher[..n], scratch, carried) {
+                    Ok(done) => done,
+                    Err(reason) => {
+                        self.fail(reason);
+                        return;
+                    }
+                },
             };
             if filled > carried {
                 self.consume(scratch, filled, now, handle);
@@ -667,6 +644,8 @@ impl Conn {
                 self.fail(CloseReason::Eof);
                 return;
             }
+            // A short read means the socket was empty; with edge-triggered epoll, data that
+            // arrives later raises a new event, so no extra read() to see EAGAIN is needed.
             if n < READ_BYTES {
                 return;
             }

@@ -12,18 +12,17 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::{Common, ConnectionsArgs};
+use crate::cli::{Common, ConnectionsArgs, Side};
 use crate::conn::{CloseReason, Event, Sender};
-use crate::report::{self, Report, Table};
-use crate::run::{self, human, CpuSnapshot, Progress};
+use crate::report::{self, Table};
+use crate::run::{self, human, CpuSnapshot, Progress, Run};
 use crate::stats::{Latency, LatencySummary};
-use crate::sys::{self, Clock};
-use crate::worker::{ConnSpec, Conns, Counters, Phase, Scenario, Shared, Wake};
+use crate::sys;
+use crate::worker::{ConnSpec, Conns, Counts, Phase, Scenario, Shared, Wake};
 
 pub struct IdleWorker {
     specs: Vec<ConnSpec>,
@@ -48,6 +47,8 @@ impl IdleWorker {
         let specs: Vec<ConnSpec> = run::roles_of_worker(args.count, workers, worker)
             .map(|g| ConnSpec {
                 key: common.client_key.as_bytes().to_vec(),
+                side: Side::Other,
+                rank: g,
                 source: (loopback && args.source_addresses > 0).then(|| {
                     let host = 1 + (g % usize::from(args.source_addresses.min(254))) as u8;
                     IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
@@ -93,11 +94,14 @@ impl Scenario for IdleWorker {
         Wake::Idle
     }
 
-    fn publish(&self, c: &Counters) {
-        c.ready.store(self.ready, Ordering::Relaxed);
-        c.closed.store(self.closed, Ordering::Relaxed);
-        c.synced.store(self.closed_after_ready, Ordering::Relaxed);
-        c.gauge.store(self.last_ready_at, Ordering::Relaxed);
+    fn counts(&self) -> Counts {
+        Counts {
+            ready: self.ready,
+            closed: self.closed,
+            synced: self.closed_after_ready,
+            gauge: self.last_ready_at,
+            ..Counts::default()
+        }
     }
 }
 
@@ -167,13 +171,9 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
     if args.count == 0 {
         return Err("--count must be at least 1".into());
     }
-    let target = crate::cli::target(common)?;
-    let loopback = match target.addr.ip() {
-        IpAddr::V4(ip) => ip.is_loopback(),
-        IpAddr::V6(_) => false,
-    };
-    let threads = common.threads.max(1);
-    let shared = Arc::new(Shared::new(Clock::start(), threads));
+    let run = Run::new(common)?;
+    let (targets, threads, shared) = (&run.targets, run.threads, &run.shared);
+    let loopback = targets.loopback();
     let rss_before = common.server_pid.and_then(sys::resident_kib);
     if common.server_pid.is_some() && rss_before.is_none() {
         return Err(format!("cannot read /proc/{}/status", common.server_pid.unwrap_or_default()));
@@ -182,14 +182,14 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
         (0..threads).map(|w| IdleWorker::new(w, threads, args, common, loopback)).collect();
     let started = shared.clock.now();
     let per_thread = args.concurrency.div_ceil(threads).max(1);
-    let handles = run::spawn(common, &target, &shared, workers, Some(per_thread));
+    let handles = run::spawn(common, targets, shared, workers, Some(per_thread));
     let mut progress = Progress::new(common.json);
     let count = args.count as u64;
 
     // Connect everything (generous timeout: a slow broker is a result, not an error).
     let timeout = Duration::from_secs(60) + Duration::from_millis(args.count as u64);
     run::wait_until(
-        &shared,
+        shared,
         timeout,
         || shared.sum(|c| &c.ready) + shared.sum(|c| &c.closed) >= count,
         || {
@@ -220,11 +220,11 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
             shared.sum(|c| &c.synced),
         ))
     };
-    run::sleep_until(&shared, settle, || line(&shared, &mut progress));
-    let cpu_start = CpuSnapshot::take(&shared, common.server_pid);
+    run::sleep_until(shared, settle, || line(shared, &mut progress));
+    let cpu_start = CpuSnapshot::take(shared, common.server_pid);
     let hold_end = hold_start + common.duration.as_nanos() as u64;
-    run::sleep_until(&shared, hold_end, || line(&shared, &mut progress));
-    let cpu_end = CpuSnapshot::take(&shared, common.server_pid);
+    run::sleep_until(shared, hold_end, || line(shared, &mut progress));
+    let cpu_end = CpuSnapshot::take(shared, common.server_pid);
     let rss_after = common.server_pid.and_then(sys::resident_kib);
     progress.finish();
     shared.set_phase(Phase::Stop);
@@ -236,12 +236,10 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
     for w in &workers {
         handshake.merge(&w.handshake);
         dropped += w.closed_after_ready;
-        for (k, v) in &w.close_reasons {
-            *closed.entry(k.clone()).or_insert(0) += v;
-        }
+        report::add_counts(&mut closed, &w.close_reasons);
     }
     let failed = count - connected;
-    let (generator_cpu, server_cpu) = cpu_end.percent_since(&cpu_start);
+    let cpu = cpu_end.since(&cpu_start);
     let results = ConnectionsResults {
         requested: args.count,
         connected,
@@ -259,26 +257,13 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
             }
             _ => None,
         },
-        server_idle_cpu_percent: server_cpu,
+        server_idle_cpu_percent: cpu.server_percent(),
         closed,
     };
     let mut warnings = Vec::new();
     if failed > 0 {
         warnings.push(format!("{failed} of {count} connections failed"));
     }
-    let (generator, server) = report::usage(common, threads, generator_cpu, server_cpu, rss_after);
-    let report = Report {
-        scenario: "connections",
-        protocol: common.protocol,
-        url: common.url.clone(),
-        tls: target.tls.is_some(),
-        tls_session: shared.tls_session.get().cloned(),
-        parameters: report::parameters(common, args),
-        results,
-        generator,
-        server,
-        warnings,
-    };
-    report.print(common.json);
+    run.ending("connections", common, args, cpu, rss_after).print(results, None, warnings);
     Ok(())
 }

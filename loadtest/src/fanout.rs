@@ -29,13 +29,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::body::{self, Body, BodyWriter, Stamp};
-use crate::cli::{Common, FanoutArgs, Rate};
+use crate::cli::{Common, FanoutArgs, Rate, Side};
 use crate::conn::{CloseReason, Event, Sender};
-use crate::report::{self, Report, Table};
-use crate::run::{self, human, CpuSnapshot, Progress};
+use crate::report::{self, Table, Work};
+use crate::run::{self, human, Progress};
 use crate::stats::{Latency, LatencySummary, SeqTracker};
-use crate::sys::{self, Clock};
-use crate::worker::{ConnSpec, Conns, Counters, Phase, Scenario, Shared, Wake, Window};
+use crate::sys::Clock;
+use crate::worker::{ConnSpec, Conns, Counts, Phase, Scenario, Shared, Wake, Window};
 
 /// A publisher stops generating while this much is waiting to be written: the socket is full,
 /// and what falls due meanwhile is sent (with its intended stamp) once it drains.
@@ -214,7 +214,9 @@ pub struct FanoutWorker {
     roles: Vec<Role>,
     /// Indices of the publishers in `roles`: the tick visits only these.
     publisher_roles: Vec<usize>,
-    keys: Vec<Vec<u8>>,
+    key: Vec<u8>,
+    /// Per connection: which URL list it uses and its rank there.
+    sides: Vec<(Side, usize)>,
     writer: BodyWriter,
     rate: Rate,
     window_max: u64,
@@ -307,7 +309,15 @@ impl FanoutWorker {
             clock: shared.clock,
             shared,
             fan,
-            keys: vec![common.service_key.as_bytes().to_vec(); roles.len()],
+            key: common.service_key.as_bytes().to_vec(),
+            sides: roles
+                .iter()
+                .zip(run::roles_of_worker(plan.subscribers + plan.publishers, workers, worker))
+                .map(|(role, g)| match role {
+                    Role::Subscriber(_) => (Side::Subscriber, g),
+                    Role::Publisher(_) => (Side::Publisher, g - plan.subscribers),
+                })
+                .collect(),
             roles,
             writer: BodyWriter::new(args.payload),
             rate: args.rate,
@@ -530,7 +540,9 @@ fn count(map: &mut BTreeMap<String, u64>, key: &[u8]) {
 
 impl Scenario for FanoutWorker {
     fn connections(&self) -> Vec<ConnSpec> {
-        self.keys.iter().map(|key| ConnSpec { key: key.clone(), source: None }).collect()
+        let key = &self.key;
+        let spec = |(side, rank)| ConnSpec { key: key.clone(), source: None, side, rank };
+        self.sides.iter().copied().map(spec).collect()
     }
 
     fn on_event(&mut self, conn: usize, tx: &mut Sender, event: Event<'_>, now: u64) {
@@ -585,14 +597,11 @@ impl Scenario for FanoutWorker {
         }
     }
 
-    fn publish(&self, c: &Counters) {
-        c.ready.store(self.ready, Ordering::Relaxed);
-        c.closed.store(self.closed, Ordering::Relaxed);
-        c.synced.store(self.synced, Ordering::Relaxed);
-        c.sent.store(self.sent, Ordering::Relaxed);
-        c.received.store(self.delivered, Ordering::Relaxed);
-        c.errors.store(self.errors.values().sum::<u64>() + self.corrupt, Ordering::Relaxed);
-        c.gauge.store(self.publishers_finished, Ordering::Relaxed);
+    fn counts(&self) -> Counts {
+        let errors = self.errors.values().sum::<u64>() + self.corrupt;
+        let (ready, closed, synced, sent) = (self.ready, self.closed, self.synced, self.sent);
+        let (received, gauge) = (self.delivered, self.publishers_finished);
+        Counts { ready, closed, synced, sent, received, errors, gauge }
     }
 }
 
@@ -654,64 +663,36 @@ impl Table for FanoutResults {
         if let Some(lag) = &self.send_lag {
             rows.push(("send lag", report::latency_row(lag)));
         }
-        if !self.errors.is_empty() {
-            rows.push(("errors", format!("{:?}", self.errors)));
-        }
-        if !self.closed.is_empty() {
-            rows.push(("closed", format!("{:?}", self.closed)));
-        }
+        report::count_rows(&mut rows, &self.errors, &self.closed);
         rows
     }
 }
 
 pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
-    if args.payload < body::HEADER_BYTES {
-        return Err(format!("--payload must be at least {} bytes", body::HEADER_BYTES));
-    }
+    report::check_payload(args.payload)?;
     if args.publishers == 0 || args.subscribers == 0 || args.topics == 0 {
         return Err("--publishers, --subscribers and --topics must be at least 1".into());
     }
     if args.publishers as u64 > body::PUBLISHER_MAX + 1 {
         return Err(format!("at most {} publishers", body::PUBLISHER_MAX + 1));
     }
-    let target = crate::cli::target(common)?;
     let plan =
         Plan { publishers: args.publishers, subscribers: args.subscribers, topics: args.topics };
-    let threads = common.threads.max(1);
-    let shared = Arc::new(Shared::new(Clock::start(), threads));
     let fan = Arc::new(FanoutShared::new(plan.clone()));
-    let workers = (0..threads)
-        .map(|w| FanoutWorker::new(w, threads, args, common, Arc::clone(&shared), Arc::clone(&fan)))
-        .collect();
-    let handles = run::spawn(common, &target, &shared, workers, None);
-    let mut progress = Progress::new(common.json);
+    let (run, handles, mut progress) = run::start(common, None, |w, run| {
+        let (shared, fan) = (Arc::clone(&run.shared), Arc::clone(&fan));
+        FanoutWorker::new(w, run.threads, args, common, shared, fan)
+    })?;
+    let shared = Arc::clone(&run.shared);
     let total = (args.publishers + args.subscribers) as u64;
 
     let abort = |shared: &Shared, handles, why: String| -> Result<(), String> {
-        shared.set_phase(Phase::Stop);
-        let reasons = match run::join::<FanoutWorker>(handles) {
-            Ok(workers) => {
-                let mut all = BTreeMap::new();
-                for w in workers {
-                    for (k, v) in w.close_reasons {
-                        *all.entry(k).or_insert(0) += v;
-                    }
-                }
-                format!(" {all:?}")
-            }
-            Err(e) => format!(" ({e})"),
-        };
-        Err(format!("{why}{reasons}"))
+        let reasons = run::stop_and_explain(shared, handles, |w: &FanoutWorker| &w.close_reasons);
+        Err(format!("{why} {reasons}"))
     };
 
     // Connect.
-    let connected = run::wait_until(
-        &shared,
-        std::time::Duration::from_secs(30),
-        || shared.sum(|c| &c.ready) == total || shared.sum(|c| &c.closed) > 0,
-        || progress.line(&format!("connecting {}/{total}", shared.sum(|c| &c.ready))),
-    );
-    if !connected || shared.sum(|c| &c.closed) > 0 {
+    if !run.wait_connected(&mut progress, total, |c| &c.ready) {
         progress.finish();
         let ready = shared.sum(|c| &c.ready);
         return abort(&shared, handles, format!("only {ready} of {total} connections came up:"));
@@ -737,31 +718,22 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
     }
 
     // Load.
-    let load_start = shared.clock.now() + 20_000_000;
-    shared.start_run(load_start, common.warmup, common.duration);
-    let window = shared.window();
+    let load_start = run.start_load(common);
     let mut last = (shared.clock.now(), 0u64, 0u64);
-    let mut line = |shared: &Shared, progress: &mut Progress| {
+    let mut line = |progress: &mut Progress| {
         let now = shared.clock.now();
         let sent = shared.sum(|c| &c.sent);
         let received = shared.sum(|c| &c.received);
         let secs = (now - last.0) as f64 / 1e9;
-        let phase = if now < window.start { "warm-up" } else { "measuring" };
-        progress.line(&format!(
-            "{:>5.1}s {phase:<9} published {:>8}/s  delivered {:>8}/s  errors {}  closed {}",
-            now.saturating_sub(load_start) as f64 / 1e9,
+        let figures = format!(
+            "published {:>8}/s  delivered {:>8}/s",
             human((sent - last.1) as f64 / secs),
             human((received - last.2) as f64 / secs),
-            shared.sum(|c| &c.errors),
-            shared.sum(|c| &c.closed),
-        ));
+        );
+        progress.line(&run.progress_text(load_start, &figures));
         last = (now, sent, received);
     };
-    run::sleep_until(&shared, window.start, || line(&shared, &mut progress));
-    let cpu_start = CpuSnapshot::take(&shared, common.server_pid);
-    run::sleep_until(&shared, window.end, || line(&shared, &mut progress));
-    let cpu_end = CpuSnapshot::take(&shared, common.server_pid);
-    let rss = common.server_pid.and_then(sys::resident_kib);
+    let (cpu, rss) = run::measure(&shared, common.server_pid, || line(&mut progress));
 
     // Drain: wait for what is still in flight.
     shared.set_phase(Phase::Drain);
@@ -783,9 +755,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
                 .line(&format!("draining: {} of {expected} delivered", shared.sum(|c| &c.received)))
         },
     );
-    progress.finish();
-    shared.set_phase(Phase::Stop);
-    let workers = run::join(handles)?;
+    let workers = run::finish(&shared, &mut progress, handles)?;
 
     // Merge.
     let mut latency = Latency::new();
@@ -821,12 +791,8 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
         results.lost += totals.lost;
         results.order_violations += totals.order_violations;
         results.corrupt += w.corrupt;
-        for (k, v) in &w.errors {
-            *results.errors.entry(k.clone()).or_insert(0) += v;
-        }
-        for (k, v) in &w.close_reasons {
-            *results.closed.entry(k.clone()).or_insert(0) += v;
-        }
+        report::add_counts(&mut results.errors, &w.errors);
+        report::add_counts(&mut results.closed, &w.close_reasons);
     }
     let secs = results.measured_s.max(1e-9);
     results.published_per_s = results.published as f64 / secs;
@@ -837,9 +803,7 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
         results.send_lag = Some(send_lag.summary());
     }
 
-    let (generator_cpu, server_cpu) = cpu_end.percent_since(&cpu_start);
     let mut warnings = Vec::new();
-    warnings.extend(report::saturation_warning(generator_cpu, threads));
     if let Some(r) = results.offered_per_s {
         if results.published_per_s < 0.99 * r {
             warnings.push(format!(
@@ -863,20 +827,8 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
             results.lost, results.order_violations
         ));
     }
-    let (generator, server) = report::usage(common, threads, generator_cpu, server_cpu, rss);
-    let report = Report {
-        scenario: "fanout",
-        protocol: common.protocol,
-        url: common.url.clone(),
-        tls: target.tls.is_some(),
-        tls_session: shared.tls_session.get().cloned(),
-        parameters: report::parameters(common, args),
-        results,
-        generator,
-        server,
-        warnings,
-    };
-    report.print(common.json);
+    let work = (Work::Deliveries(results.delivered), results.offered_per_s.is_none());
+    run.ending("fanout", common, args, cpu, rss).print(results, Some(work), warnings);
     Ok(())
 }
 

@@ -12,19 +12,17 @@
 //! echoed body must be the request's own, so misrouted responses show up as `corrupt`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::body::{self, Body, BodyWriter, Stamp};
-use crate::cli::{Common, ReqresArgs};
+use crate::cli::{Common, ReqresArgs, Side};
 use crate::conn::{CloseReason, Event, Incoming, Sender};
-use crate::report::{self, Report, Table};
-use crate::run::{self, human, CpuSnapshot, Progress};
+use crate::report::{self, Table, Work};
+use crate::run::{self, human, Progress};
 use crate::stats::{Latency, LatencySummary};
-use crate::sys::{self, Clock};
-use crate::worker::{ConnSpec, Conns, Counters, Phase, Scenario, Shared, Wake, Window};
+use crate::worker::{ConnSpec, Conns, Counts, Phase, Scenario, Shared, Wake, Window};
 
 pub const TOPIC: &str = "lt.req";
 
@@ -44,6 +42,8 @@ pub struct ReqresWorker {
     shared: Arc<Shared>,
     roles: Vec<Role>,
     key: Vec<u8>,
+    /// Per connection: which URL list it uses and its rank there.
+    sides: Vec<(Side, usize)>,
     outstanding: usize,
     writer: BodyWriter,
     window: Option<Window>,
@@ -86,6 +86,12 @@ impl ReqresWorker {
             .collect();
         ReqresWorker {
             shared,
+            sides: run::roles_of_worker(args.responders + args.requesters, workers, worker)
+                .map(|g| match g.checked_sub(args.responders) {
+                    None => (Side::Subscriber, g),
+                    Some(requester) => (Side::Publisher, requester),
+                })
+                .collect(),
             roles,
             key: common.service_key.as_bytes().to_vec(),
             outstanding: args.outstanding.max(1),
@@ -194,7 +200,8 @@ fn count(map: &mut BTreeMap<String, u64>, key: &[u8]) {
 
 impl Scenario for ReqresWorker {
     fn connections(&self) -> Vec<ConnSpec> {
-        self.roles.iter().map(|_| ConnSpec { key: self.key.clone(), source: None }).collect()
+        let spec = |(side, rank)| ConnSpec { key: self.key.clone(), source: None, side, rank };
+        self.sides.iter().copied().map(spec).collect()
     }
 
     fn on_event(&mut self, conn: usize, tx: &mut Sender, event: Event<'_>, now: u64) {
@@ -255,14 +262,11 @@ impl Scenario for ReqresWorker {
         Wake::Idle
     }
 
-    fn publish(&self, c: &Counters) {
-        c.ready.store(self.ready, Ordering::Relaxed);
-        c.closed.store(self.closed, Ordering::Relaxed);
-        c.synced.store(self.synced, Ordering::Relaxed);
-        c.sent.store(self.sent, Ordering::Relaxed);
-        c.received.store(self.completed, Ordering::Relaxed);
-        c.errors.store(self.errors.values().sum::<u64>() + self.warmup_errors, Ordering::Relaxed);
-        c.gauge.store(self.in_flight(), Ordering::Relaxed);
+    fn counts(&self) -> Counts {
+        let errors = self.errors.values().sum::<u64>() + self.warmup_errors;
+        let (ready, closed, synced, sent) = (self.ready, self.closed, self.synced, self.sent);
+        let (received, gauge) = (self.completed, self.in_flight());
+        Counts { ready, closed, synced, sent, received, errors, gauge }
     }
 }
 
@@ -303,82 +307,44 @@ impl Table for ReqresResults {
                 ),
             ),
         ];
-        if !self.errors.is_empty() {
-            rows.push(("errors", format!("{:?}", self.errors)));
-        }
-        if !self.closed.is_empty() {
-            rows.push(("closed", format!("{:?}", self.closed)));
-        }
+        report::count_rows(&mut rows, &self.errors, &self.closed);
         rows
     }
 }
 
 pub fn run(common: &Common, args: &ReqresArgs) -> Result<(), String> {
-    if args.payload < body::HEADER_BYTES {
-        return Err(format!("--payload must be at least {} bytes", body::HEADER_BYTES));
-    }
+    report::check_payload(args.payload)?;
     if args.requesters == 0 || args.responders == 0 || args.outstanding == 0 {
         return Err("--requesters, --responders and --outstanding must be at least 1".into());
     }
-    let target = crate::cli::target(common)?;
-    let threads = common.threads.max(1);
-    let shared = Arc::new(Shared::new(Clock::start(), threads));
-    let workers = (0..threads)
-        .map(|w| ReqresWorker::new(w, threads, args, common, Arc::clone(&shared)))
-        .collect();
-    let handles = run::spawn(common, &target, &shared, workers, None);
-    let mut progress = Progress::new(common.json);
+    let (run, handles, mut progress) = run::start(common, None, |w, run| {
+        ReqresWorker::new(w, run.threads, args, common, Arc::clone(&run.shared))
+    })?;
+    let shared = Arc::clone(&run.shared);
     let total = (args.requesters + args.responders) as u64;
 
-    let ready = run::wait_until(
-        &shared,
-        std::time::Duration::from_secs(30),
-        || shared.sum(|c| &c.synced) == total || shared.sum(|c| &c.closed) > 0,
-        || progress.line(&format!("connecting {}/{total}", shared.sum(|c| &c.synced))),
-    );
-    if !ready || shared.sum(|c| &c.closed) > 0 {
+    if !run.wait_connected(&mut progress, total, |c| &c.synced) {
         progress.finish();
-        shared.set_phase(Phase::Stop);
         let n = shared.sum(|c| &c.synced);
-        let reasons = match run::join::<ReqresWorker>(handles) {
-            Ok(ws) => {
-                let mut all = BTreeMap::new();
-                for w in ws {
-                    for (k, v) in w.close_reasons {
-                        *all.entry(k).or_insert(0) += v;
-                    }
-                }
-                format!("{all:?}")
-            }
-            Err(e) => e,
-        };
+        let reasons = run::stop_and_explain(&shared, handles, |w: &ReqresWorker| &w.close_reasons);
         return Err(format!("only {n} of {total} connections came up: {reasons}"));
     }
 
-    let load_start = shared.clock.now() + 20_000_000;
-    shared.start_run(load_start, common.warmup, common.duration);
-    let window = shared.window();
+    let load_start = run.start_load(common);
     let mut last = (shared.clock.now(), 0u64);
-    let mut line = |shared: &Shared, progress: &mut Progress| {
+    let mut line = |progress: &mut Progress| {
         let now = shared.clock.now();
         let done = shared.sum(|c| &c.received);
         let secs = (now - last.0) as f64 / 1e9;
-        let phase = if now < window.start { "warm-up" } else { "measuring" };
-        progress.line(&format!(
-            "{:>5.1}s {phase:<9} requests {:>8}/s  in flight {}  errors {}  closed {}",
-            now.saturating_sub(load_start) as f64 / 1e9,
+        let figures = format!(
+            "requests {:>8}/s  in flight {}",
             human((done - last.1) as f64 / secs),
             shared.sum(|c| &c.gauge),
-            shared.sum(|c| &c.errors),
-            shared.sum(|c| &c.closed),
-        ));
+        );
+        progress.line(&run.progress_text(load_start, &figures));
         last = (now, done);
     };
-    run::sleep_until(&shared, window.start, || line(&shared, &mut progress));
-    let cpu_start = CpuSnapshot::take(&shared, common.server_pid);
-    run::sleep_until(&shared, window.end, || line(&shared, &mut progress));
-    let cpu_end = CpuSnapshot::take(&shared, common.server_pid);
-    let rss = common.server_pid.and_then(sys::resident_kib);
+    let (cpu, rss) = run::measure(&shared, common.server_pid, || line(&mut progress));
 
     shared.set_phase(Phase::Drain);
     // Let the workers see the phase before trusting their in-flight gauge.
@@ -389,9 +355,7 @@ pub fn run(common: &Common, args: &ReqresArgs) -> Result<(), String> {
         || shared.sum(|c| &c.gauge) == 0,
         || progress.line(&format!("draining: {} in flight", shared.sum(|c| &c.gauge))),
     );
-    progress.finish();
-    shared.set_phase(Phase::Stop);
-    let workers = run::join(handles)?;
+    let workers = run::finish(&shared, &mut progress, handles)?;
 
     let mut rtt = Latency::new();
     let mut results = ReqresResults {
@@ -413,19 +377,13 @@ pub fn run(common: &Common, args: &ReqresArgs) -> Result<(), String> {
         results.unanswered += w.in_flight();
         results.unmatched += w.unmatched;
         results.corrupt += w.corrupt;
-        for (k, v) in &w.errors {
-            *results.errors.entry(k.clone()).or_insert(0) += v;
-        }
-        for (k, v) in &w.close_reasons {
-            *results.closed.entry(k.clone()).or_insert(0) += v;
-        }
+        report::add_counts(&mut results.errors, &w.errors);
+        report::add_counts(&mut results.closed, &w.close_reasons);
     }
     results.requests_per_s = results.completed as f64 / results.measured_s.max(1e-9);
     results.rtt = rtt.summary();
 
-    let (generator_cpu, server_cpu) = cpu_end.percent_since(&cpu_start);
     let mut warnings = Vec::new();
-    warnings.extend(report::saturation_warning(generator_cpu, threads));
     if !drained {
         warnings.push(format!(
             "{} requests unanswered after the {:.1} s drain",
@@ -433,19 +391,7 @@ pub fn run(common: &Common, args: &ReqresArgs) -> Result<(), String> {
             common.drain.as_secs_f64()
         ));
     }
-    let (generator, server) = report::usage(common, threads, generator_cpu, server_cpu, rss);
-    let report = Report {
-        scenario: "reqres",
-        protocol: common.protocol,
-        url: common.url.clone(),
-        tls: target.tls.is_some(),
-        tls_session: shared.tls_session.get().cloned(),
-        parameters: report::parameters(common, args),
-        results,
-        generator,
-        server,
-        warnings,
-    };
-    report.print(common.json);
+    let work = (Work::Requests(results.completed), true);
+    run.ending("reqres", common, args, cpu, rss).print(results, Some(work), warnings);
     Ok(())
 }

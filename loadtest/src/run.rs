@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::cli::{Common, Target};
+use crate::cli::{Common, Targets};
 use crate::sys;
 use crate::worker::{Scenario, Shared, Worker, CONNECTING_MAX_DEFAULT};
 
@@ -54,7 +54,7 @@ pub fn roles_of_worker(roles: usize, workers: usize, w: usize) -> impl Iterator<
 /// Starts one worker thread per scenario, pinned as `--cpus` says.
 pub fn spawn<S: Scenario + Send + 'static>(
     common: &Common,
-    target: &Target,
+    targets: &Targets,
     shared: &Arc<Shared>,
     scenarios: Vec<S>,
     connecting_max: Option<usize>,
@@ -67,7 +67,7 @@ pub fn spawn<S: Scenario + Send + 'static>(
             let worker = Worker::new(
                 id,
                 Arc::clone(shared),
-                target.clone(),
+                targets.clone(),
                 common.protocol,
                 scenario,
                 connecting_max.unwrap_or(CONNECTING_MAX_DEFAULT),
@@ -170,15 +170,168 @@ impl CpuSnapshot {
         }
     }
 
-    /// CPU use between two snapshots, in percent of one core: (generator, server).
-    pub fn percent_since(&self, earlier: &CpuSnapshot) -> (f64, Option<f64>) {
-        let wall = (self.at.saturating_sub(earlier.at)).max(1) as f64 / 1e9;
-        let generator = (self.generator.saturating_sub(earlier.generator)).as_secs_f64() / wall;
-        let server = match (self.server, earlier.server) {
-            (Some(a), Some(b)) => Some(a.saturating_sub(b).as_secs_f64() / wall * 100.0),
-            _ => None,
-        };
-        (generator * 100.0, server)
+    /// CPU used between an earlier snapshot and this one.
+    pub fn since(&self, earlier: &CpuSnapshot) -> CpuUse {
+        CpuUse {
+            wall_s: (self.at.saturating_sub(earlier.at)).max(1) as f64 / 1e9,
+            generator_s: self.generator.saturating_sub(earlier.generator).as_secs_f64(),
+            server_s: match (self.server, earlier.server) {
+                (Some(a), Some(b)) => Some(a.saturating_sub(b).as_secs_f64()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// CPU time (user + system) spent over a stretch of wall time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuUse {
+    pub wall_s: f64,
+    pub generator_s: f64,
+    /// The broker's, with `--server-pid` (and /proc readable at both ends).
+    pub server_s: Option<f64>,
+}
+
+impl CpuUse {
+    /// The generator's CPU in percent of one core.
+    pub fn generator_percent(&self) -> f64 {
+        self.generator_s / self.wall_s * 100.0
+    }
+
+    /// The broker's CPU in percent of one core.
+    pub fn server_percent(&self) -> Option<f64> {
+        self.server_s.map(|s| s / self.wall_s * 100.0)
+    }
+}
+
+/// What a run's main thread holds from start to report: where it connects, how many
+/// generator threads it has, and the state they share.
+pub struct Run {
+    pub targets: Targets,
+    pub threads: usize,
+    pub shared: Arc<Shared>,
+}
+
+/// The workers of a started run, and the run's progress line.
+pub type Handles<S> = Vec<JoinHandle<std::io::Result<S>>>;
+
+impl Run {
+    /// Resolves the targets (`--url`, `--pub-url`, `--sub-url`, TLS options) and sets up the shared state.
+    pub fn new(common: &Common) -> Result<Run, String> {
+        let targets = crate::cli::targets(common)?;
+        let threads = common.threads.max(1);
+        let shared = Arc::new(Shared::new(crate::sys::Clock::start(), threads));
+        Ok(Run { targets, threads, shared })
+    }
+
+    /// The report's context: this run, its options and the CPU and memory it measured.
+    pub fn ending<'a, A: serde::Serialize>(
+        &'a self,
+        scenario: &'static str,
+        common: &'a Common,
+        args: &'a A,
+        cpu: CpuUse,
+        rss_kib: Option<u64>,
+    ) -> crate::report::Ending<'a, A> {
+        crate::report::Ending { scenario, common, run: self, args, cpu, rss_kib }
+    }
+
+    /// The current phase's prefix and the error and close counts, around a scenario's own
+    /// progress figures.
+    pub fn progress_text(&self, load_start: u64, figures: &str) -> String {
+        let shared = &self.shared;
+        let now = shared.clock.now();
+        let phase = if now < shared.window().start { "warm-up" } else { "measuring" };
+        format!(
+            "{:>5.1}s {phase:<9} {figures}  errors {}  closed {}",
+            now.saturating_sub(load_start) as f64 / 1e9,
+            shared.sum(|c| &c.errors),
+            shared.sum(|c| &c.closed),
+        )
+    }
+
+    /// Starts the load 20 ms from now, measuring after `--warmup` for `--duration`; returns
+    /// the load's start.
+    pub fn start_load(&self, common: &Common) -> u64 {
+        let load_start = self.shared.clock.now() + 20_000_000;
+        self.shared.start_run(load_start, common.warmup, common.duration);
+        load_start
+    }
+
+    /// Waits up to 30 s for `total` connections, as counted by `field`, or for the first
+    /// one to close; whether all came up with none closed.
+    pub fn wait_connected(
+        &self,
+        progress: &mut Progress,
+        total: u64,
+        field: impl Fn(&crate::worker::Counters) -> &std::sync::atomic::AtomicU64 + Copy,
+    ) -> bool {
+        let shared = &self.shared;
+        let up = wait_until(
+            shared,
+            Duration::from_secs(30),
+            || shared.sum(field) == total || shared.sum(|c| &c.closed) > 0,
+            || progress.line(&format!("connecting {}/{total}", shared.sum(field))),
+        );
+        up && shared.sum(|c| &c.closed) == 0
+    }
+}
+
+/// Sets up a run, builds one scenario per generator thread with `make(worker, run)` and
+/// starts them.
+pub fn start<S: Scenario + Send + 'static>(
+    common: &Common,
+    connecting_max: Option<usize>,
+    make: impl Fn(usize, &Run) -> S,
+) -> Result<(Run, Handles<S>, Progress), String> {
+    let run = Run::new(common)?;
+    let scenarios = (0..run.threads).map(|w| make(w, &run)).collect();
+    let handles = spawn(common, &run.targets, &run.shared, scenarios, connecting_max);
+    Ok((run, handles, Progress::new(common.json)))
+}
+
+/// Sleeps through the warm-up and the measured window (calling `tick` once a second) and
+/// returns the CPU used over the window and the broker's resident memory at its end.
+pub fn measure(
+    shared: &Shared,
+    server_pid: Option<u32>,
+    mut tick: impl FnMut(),
+) -> (CpuUse, Option<u64>) {
+    let window = shared.window();
+    sleep_until(shared, window.start, &mut tick);
+    let start = CpuSnapshot::take(shared, server_pid);
+    sleep_until(shared, window.end, &mut tick);
+    let end = CpuSnapshot::take(shared, server_pid);
+    (end.since(&start), server_pid.and_then(sys::resident_kib))
+}
+
+/// Ends the progress line, stops the workers and collects their scenarios.
+pub fn finish<S>(
+    shared: &Shared,
+    progress: &mut Progress,
+    handles: Handles<S>,
+) -> Result<Vec<S>, String> {
+    progress.finish();
+    shared.set_phase(crate::worker::Phase::Stop);
+    join(handles)
+}
+
+/// Ends the workers of a run that could not go on and lists why their connections closed.
+pub fn stop_and_explain<S>(
+    shared: &Shared,
+    handles: Handles<S>,
+    close_reasons: impl Fn(&S) -> &std::collections::BTreeMap<String, u64>,
+) -> String {
+    shared.set_phase(crate::worker::Phase::Stop);
+    match join(handles) {
+        Ok(workers) => {
+            let mut all = std::collections::BTreeMap::new();
+            for w in &workers {
+                crate::report::add_counts(&mut all, close_reasons(w));
+            }
+            format!("{all:?}")
+        }
+        Err(e) => format!("({e})"),
     }
 }
 

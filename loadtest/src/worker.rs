@@ -15,7 +15,7 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::cli::{Protocol, Target};
+use crate::cli::{Protocol, Side, Targets};
 use crate::conn::{self, CloseReason, Conn, Event, Sender, Stage};
 use crate::sys::{Clock, Timer};
 
@@ -66,6 +66,36 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Scenario-specific: requests in flight; publishers finished.
     pub gauge: AtomicU64,
+}
+
+/// One worker's counts as its scenario states them each loop turn (see [`Counters`]).
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub ready: u64,
+    pub closed: u64,
+    pub synced: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub errors: u64,
+    pub gauge: u64,
+}
+
+impl Counters {
+    /// Publishes `counts` for the main thread (relaxed: each figure stands on its own).
+    pub fn set(&self, counts: Counts) {
+        let fields = [
+            (&self.ready, counts.ready),
+            (&self.closed, counts.closed),
+            (&self.synced, counts.synced),
+            (&self.sent, counts.sent),
+            (&self.received, counts.received),
+            (&self.errors, counts.errors),
+            (&self.gauge, counts.gauge),
+        ];
+        for (counter, value) in fields {
+            counter.store(value, Ordering::Relaxed);
+        }
+    }
 }
 
 /// State shared by the main thread and the workers.
@@ -149,6 +179,10 @@ impl Window {
 pub struct ConnSpec {
     pub key: Vec<u8>,
     pub source: Option<IpAddr>,
+    /// Which URL list the connection's broker comes from, and its rank there (its index among
+    /// the connections of its kind over all workers; see [`Targets`]).
+    pub side: Side,
+    pub rank: usize,
 }
 
 /// When a scenario next needs its tick.
@@ -190,7 +224,8 @@ pub trait Scenario {
     fn on_closed(&mut self, conn: usize, reason: &CloseReason, now: u64);
     /// Once per loop turn, after socket events: send what is due.
     fn tick(&mut self, conns: &mut Conns<'_>, phase: Phase, now: u64) -> Wake;
-    fn publish(&self, counters: &Counters);
+    /// What the main thread may see of this worker now.
+    fn counts(&self) -> Counts;
 }
 
 /// Connections in handshake at once on one worker, so the broker's listen backlog is not
@@ -204,7 +239,7 @@ const PHASE_POLL: Duration = Duration::from_millis(5);
 pub struct Worker<S: Scenario> {
     id: usize,
     shared: Arc<Shared>,
-    target: Target,
+    targets: Targets,
     protocol: Protocol,
     scenario: S,
     specs: Vec<ConnSpec>,
@@ -215,7 +250,7 @@ impl<S: Scenario> Worker<S> {
     pub fn new(
         id: usize,
         shared: Arc<Shared>,
-        target: Target,
+        targets: Targets,
         protocol: Protocol,
         scenario: S,
         connecting_max: usize,
@@ -224,7 +259,7 @@ impl<S: Scenario> Worker<S> {
         Worker {
             id,
             shared,
-            target,
+            targets,
             protocol,
             scenario,
             specs,
@@ -259,11 +294,12 @@ impl<S: Scenario> Worker<S> {
             while conns.len() < self.specs.len() && connecting < self.connecting_max {
                 let i = conns.len();
                 let spec = &self.specs[i];
-                match conn::connect(self.target.addr, spec.source) {
+                let target = self.targets.pick(spec.side, spec.rank);
+                match conn::connect(target.addr, spec.source) {
                     Ok(sock) => {
                         let seed = ((self.id as u64) << 40) | i as u64;
                         let mut c = Conn::new(sock, self.protocol, &spec.key, seed, now);
-                        if let Some(tls) = &self.target.tls {
+                        if let Some(tls) = &target.tls {
                             c.use_tls(tls.session().map_err(io::Error::other)?);
                         }
                         poll.registry().register(
@@ -311,7 +347,8 @@ impl<S: Scenario> Worker<S> {
                     continue;
                 };
                 if c.stage == Stage::Connecting && (event.is_writable() || event.is_error()) {
-                    c.on_writable_connecting(&self.target);
+                    let spec = &self.specs[i];
+                    c.on_writable_connecting(self.targets.pick(spec.side, spec.rank));
                 }
                 if event.is_writable() {
                     c.tx.write_blocked = false;
@@ -352,7 +389,7 @@ impl<S: Scenario> Worker<S> {
                     self.scenario.on_closed(i, &reason, clock.now());
                 }
             }
-            self.scenario.publish(counters);
+            counters.set(self.scenario.counts());
         }
 
         // Say goodbye politely; the broker should not log these as errors.

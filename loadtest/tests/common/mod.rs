@@ -14,6 +14,8 @@ use std::time::Duration;
 pub struct Broker {
     child: Child,
     pub url: String,
+    /// The monitoring endpoint (`http://…`): middleman's `--admin-listen`, nats-server's `http`.
+    pub admin: Option<String>,
     _dir: Option<TempDir>,
 }
 
@@ -76,35 +78,75 @@ pub fn middleman_binary() -> PathBuf {
     target.join("release").join("middleman")
 }
 
-/// Reads `stream` line by line until one contains `marker`; returns that line.
-fn wait_for_line(stream: impl Read + Send + 'static, marker: &'static str) -> String {
+/// Reads `stream` line by line until each of `markers` has been seen; returns, per marker,
+/// what follows it on its first line.
+fn wait_for_lines(
+    stream: impl Read + Send + 'static,
+    markers: &'static [&'static str],
+) -> Vec<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut sent = false;
+        // Keep draining after the last marker so the broker never blocks on a full pipe.
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            if !sent && line.contains(marker) {
-                let _ = tx.send(line);
-                sent = true;
+            for (i, marker) in markers.iter().enumerate() {
+                if let Some(rest) = line.split(marker).nth(1) {
+                    let _ = tx.send((i, rest.trim().to_string()));
+                }
             }
-            // Keep draining so the broker never blocks on a full pipe.
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no `{marker}` line"))
+    let mut found: Vec<Option<String>> = vec![None; markers.len()];
+    while found.iter().any(Option::is_none) {
+        let (i, rest) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("not all of {markers:?} in the broker's output"));
+        found[i].get_or_insert(rest);
+    }
+    found.into_iter().flatten().collect()
 }
 
 pub fn start_middleman() -> Broker {
+    start_middleman_with(&[]).0
+}
+
+/// A middleman on free loopback ports with 2 shards and `extra` arguments. Returns the broker
+/// (`url` the first `listening on` URL; `admin` set with `--admin-listen`) and every URL it
+/// printed.
+pub fn start_middleman_with(extra: &[&str]) -> (Broker, Vec<String>) {
+    let admin = extra.contains(&"--admin-listen");
+    let listeners = 1 + extra.iter().filter(|&&a| a == "--tls-listen").count();
     let mut child = Command::new(middleman_binary())
         .args(["--listen", "127.0.0.1:0", "--shards", "2"])
         .args(["--service-key", "xyzzy", "--client-key", "plugh"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start middleman");
     let stdout = child.stdout.take().expect("piped stdout");
-    let line = wait_for_line(stdout, "listening on ");
-    let url = line.split("listening on ").nth(1).expect("url after marker").trim().to_string();
-    Broker { child, url: format!("{url}/"), _dir: None }
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining after the last marker so the broker never blocks on a full pipe.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            for marker in ["listening on ", "admin on "] {
+                if let Some(url) = line.split(marker).nth(1) {
+                    let _ = tx.send((marker, url.trim().to_string()));
+                }
+            }
+        }
+    });
+    let (mut urls, mut admin_url) = (Vec::new(), None);
+    while urls.len() < listeners || (admin && admin_url.is_none()) {
+        let (marker, url) = rx.recv_timeout(Duration::from_secs(60)).expect("broker output");
+        match marker {
+            "admin on " => admin_url = Some(url),
+            _ => urls.push(format!("{url}/")),
+        }
+    }
+    let broker = Broker { child, url: urls[0].clone(), admin: admin_url, _dir: None };
+    (broker, urls)
 }
 
 /// A middleman serving both ws:// and wss:// (a fresh self-signed certificate for 127.0.0.1 on
@@ -121,43 +163,30 @@ pub fn start_middleman_tls() -> (Broker, String, PathBuf) {
         .and_then(|l| l.local_addr())
         .expect("find a free port")
         .port();
-    let mut child = Command::new(middleman_binary())
-        .args(["--listen", "127.0.0.1:0", "--shards", "2"])
-        .arg("--tls-listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .args(["--service-key", "xyzzy", "--client-key", "plugh"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start middleman");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line.split("listening on ").nth(1) {
-                let _ = tx.send(url.trim().to_string());
-            }
-        }
-    });
-    let mut plain = None;
-    let mut secure = None;
-    while plain.is_none() || secure.is_none() {
-        let url = rx.recv_timeout(Duration::from_secs(60)).expect("no `listening on` lines");
-        if url.starts_with("wss://") {
-            secure = Some(format!("{url}/"));
-        } else {
-            plain = Some(format!("{url}/"));
-        }
-    }
-    let secure = secure.unwrap_or_default();
+    let listen = format!("127.0.0.1:{port}");
+    let (cert_s, key_s) = (cert.to_str().expect("utf-8 path"), key.to_str().expect("utf-8 path"));
+    let args = ["--tls-listen", &listen, "--tls-cert", cert_s, "--tls-key", key_s];
+    let (mut broker, urls) = start_middleman_with(&args);
+    let secure = urls.iter().find(|u| u.starts_with("wss://")).cloned().unwrap_or_default();
+    let plain = urls.iter().find(|u| u.starts_with("ws://")).cloned().unwrap_or_default();
     assert_eq!(secure, format!("wss://127.0.0.1:{port}/"));
-    let broker = Broker { child, url: secure, _dir: Some(dir) };
-    (broker, plain.unwrap_or_default(), cert)
+    broker.url = secure;
+    broker._dir = Some(dir);
+    (broker, plain, cert)
+}
+
+/// `GET path` from a broker's monitoring endpoint, as JSON.
+pub fn admin_json(broker: &Broker, path: &str) -> serde_json::Value {
+    use std::io::Write;
+    let admin = broker.admin.as_deref().expect("the broker has a monitoring endpoint");
+    let addr = admin.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the admin endpoint");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    let body = response.split("\r\n\r\n").nth(1).expect("a body after the head");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {response}"))
 }
 
 /// Runs the load generator with `args` plus `--json`, expecting it to fail; returns stderr.
@@ -171,13 +200,16 @@ pub fn loadtest_fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-pub fn nats_server_available() -> bool {
-    Command::new("nats-server")
+/// Fails the test, with the command that fixes it, when nats-server is not on PATH: a test
+/// that cannot run must not pass.
+pub fn require_nats_server() {
+    let found = Command::new("nats-server")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    assert!(found, "nats-server is not on PATH: install it with `apt-get install -y nats-server`");
 }
 
 pub fn start_nats() -> Broker {
@@ -185,7 +217,7 @@ pub fn start_nats() -> Broker {
     let config = dir.0.join("nats.conf");
     std::fs::write(
         &config,
-        "listen: 127.0.0.1:-1\nwebsocket {\n  listen: \"127.0.0.1:-1\"\n  no_tls: true\n}\n",
+        "listen: 127.0.0.1:-1\nhttp: \"127.0.0.1:-1\"\nwebsocket {\n  listen: \"127.0.0.1:-1\"\n  no_tls: true\n}\n",
     )
     .expect("write nats config");
     let mut child = Command::new("nats-server")
@@ -196,14 +228,12 @@ pub fn start_nats() -> Broker {
         .spawn()
         .expect("start nats-server");
     let stderr = child.stderr.take().expect("piped stderr");
-    let line = wait_for_line(stderr, "Listening for websocket clients on ");
-    let url = line
-        .split("Listening for websocket clients on ")
-        .nth(1)
-        .expect("url after marker")
-        .trim()
-        .to_string();
-    Broker { child, url: format!("{url}/"), _dir: Some(dir) }
+    let found = wait_for_lines(
+        stderr,
+        &["Listening for websocket clients on ", "Starting http monitor on "],
+    );
+    let (url, admin) = (format!("{}/", found[0]), Some(format!("http://{}", found[1])));
+    Broker { child, url, admin, _dir: Some(dir) }
 }
 
 /// Runs the load generator with `args` plus `--json` and returns its report.
