@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 /// What a sans-IO module must not name, and why.
 const FORBIDDEN: &[(&str, &str)] = &[
     ("glommio", "the runtime's executor"),
+    ("tokio", "the cluster bridge's executor"),
+    ("async_nats", "the cluster bridge's NATS client"),
     ("std::net", "sockets"),
     ("socket2", "sockets"),
     ("libc", "system calls"),
