@@ -21,7 +21,7 @@
 
 pub mod admin;
 pub mod auth;
-pub mod close;
+pub(crate) mod close;
 pub(crate) mod cluster;
 pub mod config;
 pub mod grants;
