@@ -29,8 +29,8 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::auth::Keys;
 use crate::limits::Limits;
-use crate::logging::LogFormat;
 use crate::limits::SHARDS_MAX;
+use crate::logging::LogFormat;
 
 /// The development keys of the original, used only on loopback when no key is configured.
 pub const DEV_SERVICE_KEY: &str = "xyzzy";

@@ -236,7 +236,7 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<(), String> {
     for w in &workers {
         handshake.merge(&w.handshake);
         dropped += w.closed_after_ready;
-        report::add_counts(&mut closed, &w.close_reasons);
+        crate::run::add_counts(&mut closed, &w.close_reasons);
     }
     let failed = count - connected;
     let cpu = cpu_end.since(&cpu_start);

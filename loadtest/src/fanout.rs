@@ -791,8 +791,8 @@ pub fn run(common: &Common, args: &FanoutArgs) -> Result<(), String> {
         results.lost += totals.lost;
         results.order_violations += totals.order_violations;
         results.corrupt += w.corrupt;
-        report::add_counts(&mut results.errors, &w.errors);
-        report::add_counts(&mut results.closed, &w.close_reasons);
+        crate::run::add_counts(&mut results.errors, &w.errors);
+        crate::run::add_counts(&mut results.closed, &w.close_reasons);
     }
     let secs = results.measured_s.max(1e-9);
     results.published_per_s = results.published as f64 / secs;

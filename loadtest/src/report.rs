@@ -172,6 +172,20 @@ pub struct Ending<'a, A: Serialize> {
     pub rss_kib: Option<u64>,
 }
 
+impl Run {
+    /// The report's context: this run, its options and the CPU and memory it measured.
+    pub fn ending<'a, A: serde::Serialize>(
+        &'a self,
+        scenario: &'static str,
+        common: &'a Common,
+        args: &'a A,
+        cpu: CpuUse,
+        rss_kib: Option<u64>,
+    ) -> Ending<'a, A> {
+        Ending { scenario, common, run: self, args, cpu, rss_kib }
+    }
+}
+
 impl<A: Serialize> Ending<'_, A> {
     /// Prints the report of `results`; `warnings` are the scenario's own. `work` (with
     /// `closed_loop`, whether the rate is a maximum) gives the cost figures and the
@@ -223,13 +237,6 @@ impl<A: Serialize> Ending<'_, A> {
             warnings,
         };
         report.print(common.json);
-    }
-}
-
-/// Adds `from`'s counts to `into` (close reasons, error codes merged over workers).
-pub fn add_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
-    for (k, v) in from {
-        *into.entry(k.clone()).or_insert(0) += v;
     }
 }
 

@@ -377,8 +377,8 @@ pub fn run(common: &Common, args: &ReqresArgs) -> Result<(), String> {
         results.unanswered += w.in_flight();
         results.unmatched += w.unmatched;
         results.corrupt += w.corrupt;
-        report::add_counts(&mut results.errors, &w.errors);
-        report::add_counts(&mut results.closed, &w.close_reasons);
+        crate::run::add_counts(&mut results.errors, &w.errors);
+        crate::run::add_counts(&mut results.closed, &w.close_reasons);
     }
     results.requests_per_s = results.completed as f64 / results.measured_s.max(1e-9);
     results.rtt = rtt.summary();

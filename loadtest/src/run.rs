@@ -224,18 +224,6 @@ impl Run {
         Ok(Run { targets, threads, shared })
     }
 
-    /// The report's context: this run, its options and the CPU and memory it measured.
-    pub fn ending<'a, A: serde::Serialize>(
-        &'a self,
-        scenario: &'static str,
-        common: &'a Common,
-        args: &'a A,
-        cpu: CpuUse,
-        rss_kib: Option<u64>,
-    ) -> crate::report::Ending<'a, A> {
-        crate::report::Ending { scenario, common, run: self, args, cpu, rss_kib }
-    }
-
     /// The current phase's prefix and the error and close counts, around a scenario's own
     /// progress figures.
     pub fn progress_text(&self, load_start: u64, figures: &str) -> String {
@@ -327,11 +315,21 @@ pub fn stop_and_explain<S>(
         Ok(workers) => {
             let mut all = std::collections::BTreeMap::new();
             for w in &workers {
-                crate::report::add_counts(&mut all, close_reasons(w));
+                add_counts(&mut all, close_reasons(w));
             }
             format!("{all:?}")
         }
         Err(e) => format!("({e})"),
+    }
+}
+
+/// Adds `from`'s counts to `into` (close reasons, error codes merged over workers).
+pub fn add_counts(
+    into: &mut std::collections::BTreeMap<String, u64>,
+    from: &std::collections::BTreeMap<String, u64>,
+) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_insert(0) += v;
     }
 }
 
