@@ -45,7 +45,17 @@ pub fn connect(shard: &mut Shard, local: u64) -> Rc<Connection> {
 /// A client frame: `first` is the first header byte (FIN, RSV and opcode), the length in its
 /// shortest encoding, then `mask` (if any) and the payload masked with it.
 pub fn client_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let len = payload.len() as u64;
+    client_frame_with_len(first, payload.len() as u64, mask, payload)
+}
+
+/// [`client_frame`] with a length field of `len` whatever the payload's length, for frames
+/// that lie about their size.
+pub fn client_frame_with_len(
+    first: u8,
+    len: u64,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) -> Vec<u8> {
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     let mut out = vec![first];
     if len < 126 {

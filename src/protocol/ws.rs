@@ -473,30 +473,7 @@ mod tests {
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
     const MAX: usize = 1 << 20;
 
-    /// A client frame: `first` is the first header byte (FIN, RSV and opcode), the length
-    /// field is `len` in its shortest encoding, followed by `mask` and the masked `payload`.
-    fn frame_with_len(first: u8, len: u64, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
-        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-        let mut out = vec![first];
-        if len < 126 {
-            out.push(mask_bit | len as u8);
-        } else if len <= 0xFFFF {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&len.to_be_bytes());
-        }
-        let start = out.len();
-        out.extend_from_slice(payload);
-        if let Some(mask) = mask {
-            out.extend_from_slice(&[0; 4]);
-            out.copy_within(start..start + payload.len(), start + 4);
-            out[start..start + 4].copy_from_slice(&mask);
-            unmask(&mut out[start + 4..], mask);
-        }
-        out
-    }
+    use crate::testing::client_frame_with_len as frame_with_len;
 
     fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
         frame_with_len(first, payload.len() as u64, Some(MASK), payload)
