@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // perf-try: pairs with the SeqCst fence the sleeper issues after `prepare_to_sleep`
+        // (in place of glommio's membarrier): whatever the caller published before this call
+        // is seen by the sleeper's last check, or the sleeper's flag is seen here.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

@@ -1222,6 +1222,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// When the timer in `latency_preemption_timeout_src` fires (perf-try: a pending timer
+    /// that fires no later than needed is kept instead of being cancelled and re-armed).
+    latency_timer_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1353,6 +1356,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_timer_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1820,16 +1824,45 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        //
+        // perf-try: a timer still pending in the kernel is kept when it fires no later than
+        // the one we would arm (firing early only costs a spurious preemption or wake-up);
+        // otherwise it is cancelled as before. Without this every loop turn cancels and
+        // re-arms it: two SQEs and an io_uring_enter per turn.
+        let now = Instant::now();
+        let preempt_now = preempt_timer();
+        let old_timer = self.latency_preemption_timeout_src.take();
+        let old_deadline = self.latency_timer_deadline.take();
+        let old_pending = old_timer.as_ref().is_some_and(|s| s.result().is_none());
+        let wanted = match preempt_now {
+            Some(p) => Some(p),
+            None if woke == 0 => user_timer,
+            None => None,
+        };
+        let keep_timer = old_pending
+            && matches!((old_deadline, wanted), (Some(d), Some(w)) if d <= now + w);
+        if keep_timer {
+            self.latency_preemption_timeout_src.set(old_timer);
+            self.latency_timer_deadline.set(old_deadline);
+        } else {
+            drop(old_timer);
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // up sleeping. perf-try: a pending one is kept (it counts completions, not time;
+        // keeping it only makes a throughput preemption come a little earlier).
+        let throughput = self.throughput_preemption_timeout_src.take();
+        if throughput.as_ref().is_some_and(|s| s.result().is_none()) {
+            self.throughput_preemption_timeout_src.set(throughput);
+        } else {
+            drop(throughput);
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1850,9 +1883,14 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
+            if let Some(dur) = user_timer.filter(|_| !keep_timer) {
+                if let Some(old) = self.latency_preemption_timeout_src.take() {
+                    drop(old);
+                    flush_cancellations!(into &mut 0; lat_ring);
+                }
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                self.latency_timer_deadline.set(Some(now + dur));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1863,7 +1901,13 @@ impl Reactor {
             // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
             // details. This translates to `sys_membarrier()` /
             // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // perf-try: a SeqCst fence here and one in `SleepNotifier::notify` (the waker
+            // side) instead of a membarrier syscall per park.
+            if std::env::var_os("PERF_TRY_MEMBARRIER").is_some() {
+                membarrier::heavy();
+            } else {
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            }
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1879,9 +1923,10 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
+        if let Some(preempt) = preempt_timer().filter(|_| !keep_timer) {
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            self.latency_timer_deadline.set(Some(Instant::now() + preempt));
             flush_rings!(lat_ring, main_ring)?;
         }
 
