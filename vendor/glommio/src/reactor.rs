@@ -124,6 +124,14 @@ impl Timers {
     fn process_timers(&mut self) -> (Option<Duration>, usize) {
         let now = Instant::now();
 
+        // perf-try: nothing is due (the common case, checked on every loop turn): skip the
+        // split_off, which walks and reallocates the tree.
+        match self.timers.keys().next() {
+            None => return (None, 0),
+            Some((when, _)) if *when >= now => return (Some(*when - now), 0),
+            Some(_) => {}
+        }
+
         // Split timers into ready and pending timers.
         let pending = self.timers.split_off(&(now, 0));
         let ready = mem::replace(&mut self.timers, pending);
