@@ -172,6 +172,9 @@ pub(crate) fn sendmsg_syscall(
 }
 
 mod dma_buffer;
+// middleman patch 1: no longer called (a SeqCst fence pair replaces the per-park
+// membarrier); kept so the diff against upstream stays small.
+#[allow(dead_code)]
 mod membarrier;
 pub(crate) mod source;
 pub(crate) mod sysfs;
@@ -306,9 +309,13 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
-        // perf-try: pairs with the SeqCst fence the sleeper issues after `prepare_to_sleep`
-        // (in place of glommio's membarrier): whatever the caller published before this call
-        // is seen by the sleeper's last check, or the sleeper's flag is seen here.
+        // middleman patch 1: this fence pairs with the SeqCst fence the sleeper issues
+        // after `prepare_to_sleep` in `Reactor::wait` (in place of upstream's membarrier;
+        // the full argument is there). Every caller pushes onto a queue the sleeper reads
+        // (the foreign-waker queue, a shared channel, the blocking pool's replies) before
+        // calling this, so either the sleeper's last check sees the push, or this CAS sees
+        // `should_notify == true` and writes the eventfd. Do not move the fence below the
+        // CAS, and do not add a caller that pushes after calling `notify`.
         std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify

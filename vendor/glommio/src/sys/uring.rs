@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -637,6 +637,8 @@ pub(crate) trait UringCommon {
     fn submission_queue(&mut self) -> ReactorQueue;
     fn submit_sqes(&mut self) -> io::Result<usize>;
     fn waiting_kernel_submission(&self) -> usize;
+    // middleman: unused upstream too; allowed so the vendored build is warning-free.
+    #[allow(dead_code)]
     fn in_kernel(&self) -> usize;
     fn waiting_kernel_collection(&self) -> usize;
     fn needs_kernel_enter(&self) -> bool;
@@ -1072,8 +1074,8 @@ impl SleepableRing {
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
 
-            // perf-try: submit the link and wait for a completion in one io_uring_enter
-            // (glommio 0.9 submits, then enters again to wait).
+            // middleman patch 2: submit the link and wait for a completion in one
+            // io_uring_enter (glommio 0.9 submits, then enters again to wait).
             let submitted = self
                 .ring
                 .submit_sqes_and_wait(1)
@@ -1220,8 +1222,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// When the timer in `latency_preemption_timeout_src` fires (perf-try: a pending timer
-    /// that fires no later than needed is kept instead of being cancelled and re-armed).
+    /// When the timer in `latency_preemption_timeout_src` fires (middleman patch 1: a pending
+    /// timer that fires no later than needed is kept instead of being cancelled and re-armed).
     latency_timer_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
@@ -1823,32 +1825,28 @@ impl Reactor {
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
         //
-        // perf-try: a timer still pending in the kernel is kept when it fires no later than
-        // the one we would arm (firing early only costs a spurious preemption or wake-up);
-        // otherwise it is cancelled as before. Without this every loop turn cancels and
-        // re-arms it: two SQEs and an io_uring_enter per turn.
-        let now = Instant::now();
-        let preempt_now = preempt_timer();
-        let old_timer = self.latency_preemption_timeout_src.take();
-        let old_deadline = self.latency_timer_deadline.take();
-        let old_pending = old_timer.as_ref().is_some_and(|s| s.result().is_none());
-        let wanted = match preempt_now {
-            Some(p) => Some(p),
+        //
+        // middleman patch 1: a latency timer still pending in the kernel is kept when it
+        // fires no later than the one this turn is likely to arm (the preemption timer if a
+        // task queue is runnable, else the user timer if we may sleep). Without this every
+        // loop turn cancels and re-arms it: two SQEs and an io_uring_enter per turn. Whether
+        // it is kept is decided again where a timer is armed (`keep_or_arm_latency_timer`),
+        // so a deadline that moved earlier always gets a fresh timer.
+        let wanted = match preempt_timer() {
+            Some(preempt) => Some(preempt),
             None if woke == 0 => user_timer,
             None => None,
         };
-        let keep_timer = old_pending
-            && matches!((old_deadline, wanted), (Some(d), Some(w)) if d <= now + w);
-        if keep_timer {
-            self.latency_preemption_timeout_src.set(old_timer);
-            self.latency_timer_deadline.set(old_deadline);
-        } else {
-            drop(old_timer);
+        if !self.latency_timer_fires_within(Instant::now(), wanted) {
+            drop(self.latency_preemption_timeout_src.take());
+            self.latency_timer_deadline.set(None);
         }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping. perf-try: a pending one is kept (it counts completions, not time;
-        // keeping it only makes a throughput preemption come a little earlier).
+        // up sleeping. middleman patch 1: a pending one is kept. It counts completions (its
+        // time is TimeSpec64::MAX), so keeping it makes a throughput preemption come after
+        // `ring_depth` completions since it was armed rather than since this loop turn:
+        // a little earlier, never later, and never a timed wake-up of an idle shard.
         let throughput = self.throughput_preemption_timeout_src.take();
         if throughput.as_ref().is_some_and(|s| s.result().is_none()) {
             self.throughput_preemption_timeout_src.set(throughput);
@@ -1881,31 +1879,41 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer.filter(|_| !keep_timer) {
-                if let Some(old) = self.latency_preemption_timeout_src.take() {
-                    drop(old);
-                    flush_cancellations!(into &mut 0; lat_ring);
+            if let Some(dur) = user_timer {
+                if self.keep_or_arm_latency_timer(&mut lat_ring, dur) {
+                    assert!(flush_rings!(lat_ring)? > 0);
                 }
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                self.latency_timer_deadline.set(Some(now + dur));
-                assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            // perf-try: a SeqCst fence here and one in `SleepNotifier::notify` (the waker
-            // side) instead of a membarrier syscall per park.
-            if std::env::var_os("PERF_TRY_MEMBARRIER").is_some() {
-                membarrier::heavy();
-            } else {
-                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            }
+            //
+            // middleman patch 1: upstream issues `membarrier::heavy()` here (a
+            // `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` syscall on every park, see
+            // https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/), which lets
+            // the waker side go without a fence. We use a SeqCst fence on both sides instead,
+            // because at light load parks are far more frequent than foreign wake-ups. The
+            // argument (Dekker's pattern):
+            //
+            // - Sleeper (here): S1 `should_notify = true` (prepare_to_sleep); F1 SeqCst fence;
+            //   S2 read the foreign queues (`process_remote_channels`: the foreign-waker queue
+            //   and the shared channels; `flush_syscall_thread`: the blocking pool's replies).
+            // - Waker (any other thread): W1 push onto one of those queues; F2 SeqCst fence
+            //   (first thing in `SleepNotifier::notify`); W2 read `should_notify` (the CAS).
+            //   Every foreign wake-up goes through `notify` after its push: a task's waker
+            //   woken or dropped from another thread (`RawTask::do_wake`/`drop_waker` ->
+            //   `queue_waker`), the shared channels (`channels/shared_channel.rs`), and the
+            //   blocking thread pool (`sys/blocking.rs`). Nothing else writes our eventfd
+            //   except the throughput timer's linked write, which is our own ring.
+            // - F1 and F2 are totally ordered. If F1 comes first, W2 sees S1 (or a later
+            //   store: our own `wake_up`, so we are awake; or another waker's CAS, which then
+            //   writes the eventfd), so the eventfd is written and the sleep below ends. If F2
+            //   comes first, S2 sees W1, `events > 0`, and we do not sleep. Either way no
+            //   wake-up is lost. The eventfd counter keeps a write made before the eventfd
+            //   read is armed, so the order of the write and the sleep does not matter.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1921,11 +1929,10 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer().filter(|_| !keep_timer) {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            self.latency_timer_deadline.set(Some(Instant::now() + preempt));
-            flush_rings!(lat_ring, main_ring)?;
+        if let Some(preempt) = preempt_timer() {
+            if self.keep_or_arm_latency_timer(&mut lat_ring, preempt) {
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
@@ -1936,6 +1943,43 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Whether the latency timer we hold is still pending in the kernel and fires at most
+    /// `wanted` after `now` (middleman patch 1).
+    fn latency_timer_fires_within(&self, now: Instant, wanted: Option<Duration>) -> bool {
+        let timer = self.latency_preemption_timeout_src.take();
+        let pending = timer.as_ref().is_some_and(|s| s.result().is_none());
+        self.latency_preemption_timeout_src.set(timer);
+        match (self.latency_timer_deadline.get(), wanted) {
+            (Some(deadline), Some(wanted)) => pending && deadline <= now + wanted,
+            _ => false,
+        }
+    }
+
+    /// Makes sure a latency timer fires at most `dur` from now (middleman patch 1): keeps the
+    /// pending one if it fires soon enough, else arms a new one (the old one, if any, is
+    /// dropped, which queues its cancellation; it is flushed at the top of the next `wait`,
+    /// as upstream does when it replaces this timer). Returns whether a new timer was queued,
+    /// i.e. whether the ring needs a flush.
+    ///
+    /// A timer that fires earlier than needed costs one spurious preemption check or one
+    /// spurious wake-up and nothing else: the latency timer's `Source` has no waker, so its
+    /// completion wakes no task; it only makes `need_preempt` true (its CQE is on the latency
+    /// ring) or ends a sleep, and the executor then fires only the user timers that are due.
+    ///
+    /// The recorded deadline is taken before the SQE is submitted, so the kernel's deadline
+    /// is later by the submission delay (microseconds); keeping a timer can therefore make a
+    /// wake-up that much later than asked, never more.
+    fn keep_or_arm_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) -> bool {
+        let now = Instant::now();
+        if self.latency_timer_fires_within(now, Some(dur)) {
+            return false;
+        }
+        self.latency_preemption_timeout_src
+            .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+        self.latency_timer_deadline.set(Some(now + dur));
+        true
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
