@@ -1825,7 +1825,6 @@ impl Reactor {
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
         //
-        //
         // middleman patch 1: a latency timer still pending in the kernel is kept when it
         // fires no later than the one this turn is likely to arm (the preemption timer if a
         // task queue is runnable, else the user timer if we may sleep). Without this every
