@@ -526,7 +526,10 @@ fn request_timeout_zero_waits_forever() {
     cli.send_text(&msg("REQ", "T", &[("ReqID", "z")], ""));
     let rid = expect_req(&mut svc, "T", &[("ReqID", "z")], &cli.cid, "");
     // Two pings: at least two intervals have passed at the requester's shard with no error.
+    // The responder reads (and so answers) its own first ping in between: a responder silent
+    // for two intervals would rightly be closed, failing the request with `responder-lost`.
     cli.expect_ping(RECV_TIMEOUT);
+    svc.expect_ping(RECV_TIMEOUT);
     cli.expect_ping(RECV_TIMEOUT);
     svc.send_text(&msg("RES", "T", &[("Rid", &rid)], "eventually"));
     expect_res(&mut cli, "T", Some("z"), &svc.cid, &[], "eventually");
