@@ -167,7 +167,10 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     drop(port_holders);
     let admin = match config.admin.admin_listen {
-        Some(addr) => Some(crate::admin::spawn(addr, mail.clone())?),
+        Some(addr) => {
+            let cluster = bridge.as_ref().map(Bridge::handle);
+            Some(crate::admin::spawn(addr, mail.clone(), cluster)?)
+        }
         None => None,
     };
     let stdout = std::io::stdout();
