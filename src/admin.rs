@@ -5,12 +5,19 @@
 //! for a scraper and an operator, not for load). A scrape mails `Scrape` to every shard and
 //! sums the answers: shards keep their counters as plain integers and nothing on the message
 //! path touches a shared atomic. Nothing here ever includes a key.
+//!
+//! In a cluster it also reads the bridge's counters (`BridgeHandle::stats`, plain atomics the
+//! bridge thread keeps; reading them never touches a shard), adds the `middleman_cluster_*`
+//! series, and `/healthz` answers `200` with the body `degraded: cluster disconnected` while
+//! NATS is unreachable: the node still serves its own clients, so a load balancer should keep
+//! it (an operator who wants it drained alerts on `middleman_cluster_connected`).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::cluster::bridge::{BridgeHandle, StatsSnapshot};
 use crate::ids::ShardId;
 use crate::limits::{ADMIN_REQUEST_BYTES_MAX, ADMIN_TIMEOUT};
 use crate::protocol::message::Command;
@@ -19,7 +26,11 @@ use crate::shard::mailbox::{Control, Mailboxes};
 use crate::shard::Snapshot;
 
 /// Binds `addr` and serves it on a new thread; returns the bound address.
-pub fn spawn(addr: SocketAddr, mail: Mailboxes) -> Result<SocketAddr, String> {
+pub(crate) fn spawn(
+    addr: SocketAddr,
+    mail: Mailboxes,
+    cluster: Option<BridgeHandle>,
+) -> Result<SocketAddr, String> {
     let listener =
         TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
     let bound = listener.local_addr().map_err(|e| format!("admin listener: {e}"))?;
@@ -27,7 +38,7 @@ pub fn spawn(addr: SocketAddr, mail: Mailboxes) -> Result<SocketAddr, String> {
         .name("admin".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = handle(stream, &mail) {
+                if let Err(e) = handle(stream, &mail, cluster.as_ref()) {
                     tracing::debug!("admin request failed: {e}");
                 }
             }
@@ -36,7 +47,11 @@ pub fn spawn(addr: SocketAddr, mail: Mailboxes) -> Result<SocketAddr, String> {
     Ok(bound)
 }
 
-fn handle(mut stream: TcpStream, mail: &Mailboxes) -> std::io::Result<()> {
+fn handle(
+    mut stream: TcpStream,
+    mail: &Mailboxes,
+    cluster: Option<&BridgeHandle>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
     stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
     let mut request = Vec::with_capacity(512);
@@ -57,7 +72,13 @@ fn handle(mut stream: TcpStream, mail: &Mailboxes) -> std::io::Result<()> {
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
     match path {
         b"/metrics" => match scrape(mail) {
-            Some(s) => respond(&mut stream, "200 OK", PROMETHEUS_TYPE, &render_prometheus(&s)),
+            Some(s) => {
+                let mut text = render_prometheus(&s);
+                if let Some(bridge) = cluster {
+                    render_cluster(&bridge.stats(), &mut text);
+                }
+                respond(&mut stream, "200 OK", PROMETHEUS_TYPE, &text)
+            }
             None => unavailable(&mut stream),
         },
         b"/stats" => match scrape(mail) {
@@ -65,6 +86,9 @@ fn handle(mut stream: TcpStream, mail: &Mailboxes) -> std::io::Result<()> {
             None => unavailable(&mut stream),
         },
         b"/healthz" => match scrape(mail) {
+            Some(_) if cluster.is_some_and(|b| !b.connected()) => {
+                respond(&mut stream, "200 OK", "text/plain", "degraded: cluster disconnected\n")
+            }
             Some(_) => respond(&mut stream, "200 OK", "text/plain", "ok\n"),
             None => unavailable(&mut stream),
         },
@@ -236,6 +260,49 @@ pub fn render_prometheus(shards: &[Snapshot]) -> String {
 }
 
 /// `/stats`: the same numbers as JSON, totals and per shard.
+/// The `middleman_cluster_*` series, from the bridge's counters.
+pub(crate) fn render_cluster(stats: &StatsSnapshot, out: &mut String) {
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP middleman_{name} {help}\n# TYPE middleman_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "middleman_{name}{labels} {value}");
+        }
+    };
+    let s = stats;
+    metric(
+        "cluster_connected",
+        "gauge",
+        "1 while both NATS connections are up.",
+        &[("", u64::from(s.connected))],
+    );
+    let both = |out: u64, inn: u64| [("{direction=\"out\"}", out), ("{direction=\"in\"}", inn)];
+    let help = "Messages to and from NATS.";
+    metric("cluster_messages_total", "counter", help, &both(s.messages_out, s.messages_in));
+    let help = "Payload bytes to and from NATS.";
+    metric("cluster_bytes_total", "counter", help, &both(s.bytes_out, s.bytes_in));
+    let help = "Commands waiting in the bridge's queues.";
+    metric("cluster_queue_depth", "gauge", help, &[("", s.queue_depth as u64)]);
+    metric(
+        "cluster_dropped_total",
+        "counter",
+        "Cross-node traffic dropped, by reason.",
+        &[
+            ("{reason=\"queue_full\"}", s.dropped_full),
+            ("{reason=\"disconnected\"}", s.dropped_disconnected),
+            ("{reason=\"too_large\"}", s.dropped_too_large),
+            ("{reason=\"inbound\"}", s.dropped_inbound),
+        ],
+    );
+    let help = "Reconnections to NATS since start.";
+    metric("cluster_reconnects_total", "counter", help, &[("", s.reconnects)]);
+    let _ = writeln!(
+        out,
+        "# HELP middleman_cluster_rtt_seconds The last measured NATS round trip.\n\
+         # TYPE middleman_cluster_rtt_seconds gauge\nmiddleman_cluster_rtt_seconds {}",
+        s.rtt_micros as f64 / 1e6
+    );
+}
+
 pub fn render_json(shards: &[Snapshot]) -> String {
     fn object(s: &Snapshot, out: &mut String) {
         let _ = write!(
@@ -309,4 +376,37 @@ pub fn render_json(shards: &[Snapshot]) -> String {
     }
     out.push_str("]}\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_series_carry_the_bridge_counters() {
+        let stats = StatsSnapshot {
+            connected: true,
+            messages_out: 7,
+            bytes_in: 11,
+            dropped_disconnected: 3,
+            rtt_micros: 1500,
+            queue_depth: 2,
+            ..StatsSnapshot::default()
+        };
+        let mut text = String::new();
+        render_cluster(&stats, &mut text);
+        for line in [
+            "middleman_cluster_connected 1\n",
+            "middleman_cluster_messages_total{direction=\"out\"} 7\n",
+            "middleman_cluster_bytes_total{direction=\"in\"} 11\n",
+            "middleman_cluster_dropped_total{reason=\"disconnected\"} 3\n",
+            "middleman_cluster_queue_depth 2\n",
+            "middleman_cluster_rtt_seconds 0.0015\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        let mut down = String::new();
+        render_cluster(&StatsSnapshot::default(), &mut down);
+        assert!(down.contains("middleman_cluster_connected 0\n"), "{down}");
+    }
 }
