@@ -131,7 +131,7 @@ fn await_metric(ports: &[u16], name: &str, value: f64) {
 fn pub_from_either_node_reaches_every_subscriber_once_in_order_byte_exact() {
     let cluster = Cluster::start(2, &[]);
     let topic = "fan.out *>";
-    let mut subs = vec![
+    let mut subs = [
         subscriber(&cluster, 0, 1, topic),
         subscriber(&cluster, 0, 0, topic),
         subscriber(&cluster, 1, 0, topic),
@@ -226,7 +226,7 @@ fn sub_on_one_node_is_in_force_cluster_wide_before_its_next_message() {
 fn req_is_answered_exactly_once_cluster_wide_by_services_on_both_nodes() {
     let cluster = Cluster::start(2, &[]);
     let topic = "work";
-    let mut services = vec![
+    let mut services = [
         responder(&cluster, 0, 0, topic),
         responder(&cluster, 0, 1, topic),
         responder(&cluster, 1, 0, topic),
