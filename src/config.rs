@@ -3,7 +3,8 @@
 //!
 //! It is not the runtime: nothing here starts a thread or opens a socket, and the only file
 //! it reads is `--keys-file`. It depends only on leaves of the crate: [`crate::limits`] (the
-//! configurable limits, flattened in as one group), `auth::Keys`, `logging::LogFormat` and two
+//! configurable limits, flattened in as one group), `cluster::config::ClusterFlags` (the cluster
+//! flags, one group), `auth::Keys`, `logging::LogFormat` and two
 //! constants (`ids::CID_LEN`, `limits::SHARDS_MAX`); never on `runtime` or `server`.
 //!
 //! Invariants:
@@ -28,9 +29,10 @@ use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 use tracing_subscriber::filter::LevelFilter;
 
 use crate::auth::Keys;
+use crate::cluster::config::ClusterFlags;
 use crate::limits::Limits;
-use crate::logging::LogFormat;
 use crate::limits::SHARDS_MAX;
+use crate::logging::LogFormat;
 
 /// The development keys of the original, used only on loopback when no key is configured.
 pub const DEV_SERVICE_KEY: &str = "xyzzy";
@@ -85,6 +87,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub admin: Admin,
+
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
 }
 
 /// Where the broker accepts connections, and from which browser pages.
@@ -462,7 +467,10 @@ fn shown_value(arg: &clap::Arg, matches: &ArgMatches) -> String {
     if raw.is_empty() {
         return "(not set)".to_owned();
     }
-    let value = if arg.is_hide_env_values_set() {
+    let value = if arg.get_long() == Some("cluster-nats") {
+        // NATS URLs are worth seeing; only their `user:password@` is secret.
+        raw.iter().map(|u| crate::cluster::config::redact(u)).collect::<Vec<_>>().join(", ")
+    } else if arg.is_hide_env_values_set() {
         // The one marker of a secret, shared with `--help`, which hides the variable's value.
         format!("{} key(s) (masked)", raw.iter().filter(|k| !k.is_empty()).count())
     } else {
@@ -666,7 +674,8 @@ mod tests {
                 _ => format!("MIDDLEMAN_{}", long.to_ascii_uppercase().replace('-', "_")),
             };
             assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(expected.as_str()), "--{long}");
-            let secret = matches!(long, "service-key" | "client-key");
+            // NATS URLs may hold `user:password@`: `--help` hides their variable's value.
+            let secret = matches!(long, "service-key" | "client-key" | "cluster-nats");
             assert_eq!(arg.is_hide_env_values_set(), secret, "--{long}: hide_env_values");
             if matches!(arg.get_action(), ArgAction::Append) {
                 assert_eq!(arg.get_value_delimiter(), Some(','), "--{long} takes a comma list");
@@ -705,6 +714,19 @@ mod tests {
         assert!(shown.contains("service-key = 1 key(s) (masked)\n"), "{shown}");
         assert!(shown.contains("max-pending-bytes = 8MiB  # default"), "{shown}");
         assert!(shown.contains("shards = (not set)"), "{shown}");
+    }
+
+    #[test]
+    fn effective_config_shows_cluster_flags_without_passwords() {
+        let urls = "nats://u:s3cret@h:4222,nats://h2:4222";
+        let (c, m) = parse(&["--cluster-nats", urls, "--node-name", "n1"]);
+        assert!(c.cluster.enabled());
+        let shown = c.effective(&m);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("cluster-nats = nats://***@h:4222, nats://h2:4222\n"), "{shown}");
+        assert!(shown.contains("node-name = n1\n"), "{shown}");
+        assert!(shown.contains("cluster-prefix = mm  # default"), "{shown}");
+        assert!(shown.contains("cluster-nats-creds = (not set)"), "{shown}");
     }
 
     #[test]

@@ -22,7 +22,7 @@
 pub mod admin;
 pub mod auth;
 pub mod close;
-pub(crate) mod cluster;
+pub mod cluster;
 pub mod config;
 pub mod grants;
 pub mod ids;

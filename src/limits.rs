@@ -137,6 +137,11 @@ pub const SHARDS_MAX: usize = 64;
 /// the readers that feed it (the mail waits in the sender's backlog), it never grows.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
 
+/// Events per shard's cluster inbox (from the bridge). When one is full the bridge keeps a
+/// bounded backlog for that shard, in order, and past it drops and counts
+/// (`middleman_cluster_dropped_total{reason="inbound"}`); it never waits on a shard.
+pub const CLUSTER_INBOX_CAPACITY: usize = 16 * 1024;
+
 /// Mails handled per turn of the mail loop before connections get to run: large enough to
 /// amortise the loop, small enough that readers and writers are not starved behind it.
 pub const MAIL_BATCH: usize = 512;

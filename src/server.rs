@@ -32,11 +32,16 @@ use ahash::AHashMap;
 
 use crate::auth::Keys;
 use crate::close::CloseReason;
+use crate::cluster::bridge::{Bridge, BridgeConfig, BridgeHandle};
+use crate::cluster::inbox::ClusterInbox;
+use crate::cluster::{self, Topic};
 use crate::config::Config;
+use crate::grants::Grant;
 use crate::ids::{ConnectionId, ShardId};
 use crate::limits::{
-    ACCEPT_BACKOFF, CIPHER_READ_BYTES, CLOSE_GRACE_MAX, IDLE_TICK, INBOX_CAPACITY, IO_MEMORY,
-    LISTEN_BACKLOG, SCRATCH_BYTES, SHARDS_MAX, SHARD_START_TIMEOUT, TICK,
+    ACCEPT_BACKOFF, CIPHER_READ_BYTES, CLOSE_GRACE_MAX, CLUSTER_INBOX_CAPACITY, IDLE_TICK,
+    INBOX_CAPACITY, IO_MEMORY, LISTEN_BACKLOG, SCRATCH_BYTES, SHARDS_MAX, SHARD_START_TIMEOUT,
+    TICK,
 };
 use crate::protocol::handshake;
 use crate::protocol::message::Limits;
@@ -87,7 +92,26 @@ pub fn run(config: Config) -> Result<(), String> {
     let inboxes: Arc<Mutex<Vec<Option<Inbox>>>> =
         Arc::new(Mutex::new(inboxes.into_iter().map(Some).collect()));
     let next_shard = Arc::new(AtomicUsize::new(0));
-    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
+    let mut epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
+    // The cluster first: a node joins (name, epoch, every earlier grant) before any shard
+    // runs or any listener binds, and a node that cannot join does not start at all.
+    let mut bridge = None;
+    let mut cluster_inboxes: Vec<Option<(ClusterInbox, BridgeHandle)>> =
+        (0..shards).map(|_| None).collect();
+    let mut grants: Arc<[(Grant, Topic)]> = Arc::from(Vec::new());
+    if config.cluster.enabled() {
+        let (port, shard_inboxes) = cluster::inbox::cluster_inboxes(shards, CLUSTER_INBOX_CAPACITY);
+        let bridge_config = BridgeConfig::from_flags(&config.cluster, epoch);
+        let started = Bridge::start(bridge_config, Arc::new(port)).map_err(|e| e.to_string())?;
+        epoch = started.epoch;
+        grants = started.grants.into();
+        let handle = started.bridge.handle();
+        for (slot, inbox) in cluster_inboxes.iter_mut().zip(shard_inboxes) {
+            *slot = Some((inbox, handle.clone()));
+        }
+        bridge = Some(started.bridge);
+    }
+    let cluster_inboxes = Arc::new(Mutex::new(cluster_inboxes));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
 
     let placement = if shards <= cpus.len() {
@@ -103,9 +127,12 @@ pub fn run(config: Config) -> Result<(), String> {
         move || {
             let index = next_shard.fetch_add(1, Ordering::SeqCst);
             let inbox = inboxes.lock().ok().and_then(|mut v| v[index].take());
+            let cluster = cluster_inboxes.lock().ok().and_then(|mut v| v[index].take());
+            let grants = grants.clone();
             let ready = ready_tx.clone();
+            let id = ShardId(index as u16);
             let setup =
-                ShardSetup { id: ShardId(index as u16), shards, epoch, config, keys, mail, listen };
+                ShardSetup { id, shards, epoch, config, keys, mail, listen, cluster, grants };
             async move {
                 match inbox {
                     Some(inbox) => run_shard(setup, inbox, ready).await,
@@ -169,6 +196,11 @@ pub fn run(config: Config) -> Result<(), String> {
             failed = Some(format!("a shard failed: {e}"));
         }
     }
+    // After the drain: the node gives its name back and closes its NATS connections.
+    if let Some(bridge) = bridge {
+        bridge.shutdown();
+        tracing::info!("left cluster");
+    }
     tracing::info!("shut down");
     failed.map_or(Ok(()), Err)
 }
@@ -182,6 +214,10 @@ struct ShardSetup {
     keys: Keys,
     mail: Mailboxes,
     listen: Vec<Endpoint>,
+    /// This shard's cluster inbox and the bridge; `None` when the broker runs alone.
+    cluster: Option<(ClusterInbox, BridgeHandle)>,
+    /// Every grant made in the cluster before this node joined.
+    grants: Arc<[(Grant, Topic)]>,
 }
 
 /// A listen address, and the TLS configuration if it is a `--tls-listen` one.
@@ -193,7 +229,7 @@ struct Endpoint {
 
 /// The life of one shard.
 async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(), String>>) {
-    let ShardSetup { id, shards, epoch, config, keys, mail, listen } = setup;
+    let ShardSetup { id, shards, epoch, config, keys, mail, listen, cluster, grants } = setup;
     let tls_used = listen.iter().any(|e| e.tls.is_some());
     // Every configurable limit is named here, so one added to `Limits` does not compile until
     // it is handed to whatever enforces it.
@@ -219,11 +255,17 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         subscriptions_max,
         pending_requests_max,
     };
+    let mut shard = Shard::new(shard_config, Instant::now());
+    let cluster_inbox = cluster.map(|(inbox, bridge)| {
+        shard.join_cluster(Box::new(bridge), &grants);
+        inbox
+    });
     let ctx = Rc::new(ShardContext {
-        shard: RefCell::new(Shard::new(shard_config, Instant::now())),
+        shard: RefCell::new(shard),
         mailboxes: mail,
         inbox,
         inbox_capacity: INBOX_CAPACITY,
+        cluster: cluster_inbox,
         keys: RefCell::new(keys),
         settings: ConnectionSettings {
             message_bytes_max,
@@ -269,6 +311,8 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
         .map(|(l, tls)| glommio::spawn_local(accept_loop(ctx.clone(), runtime.clone(), l, tls)))
         .collect();
     let mail_loop = glommio::spawn_local(mail_loop(ctx.clone()));
+    let cluster_loop =
+        ctx.cluster.is_some().then(|| glommio::spawn_local(cluster_loop(ctx.clone())));
     let ticker = glommio::spawn_local(tick_loop(ctx.clone()));
     let keepalive = (!timeouts.ping_interval.is_zero())
         .then(|| glommio::spawn_local(keepalive_loop(ctx.clone(), timeouts.ping_interval)));
@@ -306,6 +350,7 @@ async fn run_shard(setup: ShardSetup, inbox: Inbox, ready: mpsc::Sender<Result<(
     }
     drop(keepalive);
     drop(ticker);
+    drop(cluster_loop);
     drop(mail_loop);
 }
 
@@ -382,6 +427,16 @@ async fn mail_loop(ctx: Rc<ShardContext>) {
     loop {
         ctx.inbox.ready().await;
         ctx.handle_inbox();
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Drains the cluster inbox in batches, beside the mail loop (only when in a cluster).
+async fn cluster_loop(ctx: Rc<ShardContext>) {
+    let Some(inbox) = &ctx.cluster else { return };
+    loop {
+        inbox.ready().await;
+        ctx.handle_cluster_inbox(inbox);
         glommio::yield_if_needed().await;
     }
 }

@@ -35,6 +35,11 @@ pub fn shard_config(id: u16, shards: usize, pending_bytes_max: usize) -> ShardCo
 }
 
 /// A service connection with local id `local`, registered with `shard`.
+/// A shard created now (the shard's own tests may not read the clock).
+pub fn new_shard(config: ShardConfig) -> Shard {
+    Shard::new(config, std::time::Instant::now())
+}
+
 pub fn connect(shard: &mut Shard, local: u64) -> Rc<Connection> {
     let conn = Connection::new(ConnectionId { epoch: 1, shard: shard.id(), local });
     conn.role.set(Some(Role::Service));

@@ -58,34 +58,34 @@ const ERROR_HEADER: &str = "Mm-Error";
 
 /// The bridge's tuning. [`BridgeConfig::from_flags`] gives the defaults.
 #[derive(Clone, Debug)]
-pub struct BridgeConfig {
-    pub servers: Vec<String>,
-    pub creds: Option<PathBuf>,
-    pub node_name: String,
-    pub prefix: String,
+pub(crate) struct BridgeConfig {
+    pub(crate) servers: Vec<String>,
+    pub(crate) creds: Option<PathBuf>,
+    pub(crate) node_name: String,
+    pub(crate) prefix: String,
     /// The epoch this node would like (its start time); the next free one is taken if a live
     /// node holds it.
-    pub preferred_epoch: u32,
+    pub(crate) preferred_epoch: u32,
     /// Bound of the data queue from the shards (PUB, REQ, RES, direct).
-    pub data_capacity: usize,
+    pub(crate) data_capacity: usize,
     /// Bound of the control queue from the shards (interest, grants).
-    pub control_capacity: usize,
+    pub(crate) control_capacity: usize,
     /// Bound, per shard, of the events waiting for a full shard inbox.
-    pub backlog_capacity: usize,
+    pub(crate) backlog_capacity: usize,
     /// How long a caller waits for "in force" before it is told `in_force: false`.
-    pub confirm_timeout: Duration,
+    pub(crate) confirm_timeout: Duration,
     /// How long [`Bridge::start`] tries to reach NATS.
-    pub start_timeout: Duration,
+    pub(crate) start_timeout: Duration,
     /// How long a node's registration outlives its last heartbeat.
-    pub node_ttl: Duration,
+    pub(crate) node_ttl: Duration,
     /// How often the NATS round-trip time is measured.
-    pub rtt_interval: Duration,
+    pub(crate) rtt_interval: Duration,
     /// How long one publish may wait for the NATS client's own buffer before it is dropped.
-    pub publish_stall: Duration,
+    pub(crate) publish_stall: Duration,
 }
 
 impl BridgeConfig {
-    pub fn from_flags(flags: &ClusterFlags, preferred_epoch: u32) -> Self {
+    pub(crate) fn from_flags(flags: &ClusterFlags, preferred_epoch: u32) -> Self {
         Self {
             servers: flags.nats.clone(),
             creds: flags.creds.clone(),
@@ -106,7 +106,7 @@ impl BridgeConfig {
 
 /// Why the bridge did not start.
 #[derive(Debug)]
-pub enum StartError {
+pub(crate) enum StartError {
     Connect(String),
     DuplicateName { name: String, prefix: String, ttl: Duration },
     JetStream(String),
@@ -137,11 +137,11 @@ impl std::error::Error for StartError {}
 /// A control command the bridge could not queue (its control queue is full); keep it and
 /// send it again later, in order.
 #[derive(Debug)]
-pub struct Refused(pub Control);
+pub(crate) struct Refused(pub Control);
 
 /// Control commands: never dropped by the bridge.
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     Interest {
         kind: InterestKind,
         topic: Topic,
@@ -172,7 +172,7 @@ enum Data {
 
 /// Counters, shared with the admin endpoint.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     connected: AtomicBool,
     messages_out: AtomicU64,
     bytes_out: AtomicU64,
@@ -192,22 +192,22 @@ pub struct Stats {
 
 /// A snapshot of [`Stats`] plus the queue depth.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
+pub(crate) struct StatsSnapshot {
     /// `middleman_cluster_connected`.
-    pub connected: bool,
-    pub messages_out: u64,
-    pub bytes_out: u64,
-    pub messages_in: u64,
-    pub bytes_in: u64,
-    pub dropped_full: u64,
-    pub dropped_disconnected: u64,
-    pub dropped_too_large: u64,
-    pub dropped_inbound: u64,
-    pub reconnects: u64,
+    pub(crate) connected: bool,
+    pub(crate) messages_out: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) messages_in: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) dropped_full: u64,
+    pub(crate) dropped_disconnected: u64,
+    pub(crate) dropped_too_large: u64,
+    pub(crate) dropped_inbound: u64,
+    pub(crate) reconnects: u64,
     /// The last measured NATS round trip, 0 before the first.
-    pub rtt_micros: u64,
+    pub(crate) rtt_micros: u64,
     /// Commands waiting in the bridge's queues.
-    pub queue_depth: usize,
+    pub(crate) queue_depth: usize,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -216,7 +216,7 @@ fn add(counter: &AtomicU64, n: u64) {
 
 /// The shards' side of the bridge. Cheap to clone; usable from any thread.
 #[derive(Clone)]
-pub struct BridgeHandle {
+pub(crate) struct BridgeHandle {
     control: Sender<Control>,
     data: Sender<Data>,
     notify: Arc<Notify>,
@@ -226,7 +226,7 @@ pub struct BridgeHandle {
 impl BridgeHandle {
     /// `shard` has local subscribers of `topic` now. With a `token`, an [`Event::Confirmed`]
     /// follows when the node's subscription is in force.
-    pub fn subscribe_topic(
+    pub(crate) fn subscribe_topic(
         &self,
         shard: ShardId,
         topic: Topic,
@@ -241,13 +241,13 @@ impl BridgeHandle {
         })
     }
 
-    pub fn unsubscribe_topic(&self, shard: ShardId, topic: Topic) -> Result<(), Refused> {
+    pub(crate) fn unsubscribe_topic(&self, shard: ShardId, topic: Topic) -> Result<(), Refused> {
         let kind = InterestKind::Publish;
         self.control(Control::Interest { kind, topic, shard, on: false, token: None })
     }
 
     /// `shard` (the topic's owner) has local responders for `topic`: join the queue group.
-    pub fn register_responders(
+    pub(crate) fn register_responders(
         &self,
         shard: ShardId,
         topic: Topic,
@@ -262,14 +262,18 @@ impl BridgeHandle {
         })
     }
 
-    pub fn unregister_responders(&self, shard: ShardId, topic: Topic) -> Result<(), Refused> {
+    pub(crate) fn unregister_responders(
+        &self,
+        shard: ShardId,
+        topic: Topic,
+    ) -> Result<(), Refused> {
         let kind = InterestKind::Request;
         self.control(Control::Interest { kind, topic, shard, on: false, token: None })
     }
 
     /// Stores a grant in the cluster's KV; with a `token`, an [`Event::Confirmed`] follows
     /// when the write is acknowledged by JetStream.
-    pub fn put_grant(
+    pub(crate) fn put_grant(
         &self,
         shard: ShardId,
         grant: Grant,
@@ -280,7 +284,7 @@ impl BridgeHandle {
     }
 
     /// Sends a control command again after [`Refused`].
-    pub fn control(&self, command: Control) -> Result<(), Refused> {
+    pub(crate) fn control(&self, command: Control) -> Result<(), Refused> {
         match self.control.try_send(command) {
             Ok(()) => {
                 self.notify.notify_one();
@@ -291,24 +295,30 @@ impl BridgeHandle {
     }
 
     /// A PUB to the other nodes. `false`: dropped (and counted).
-    pub fn publish(&self, topic: Topic, body: Bytes, binary: bool) -> bool {
+    pub(crate) fn publish(&self, topic: Topic, body: Bytes, binary: bool) -> bool {
         self.data(Data::Publish { topic, body, binary })
     }
 
     /// A REQ to exactly one node with responders; the answer comes back to `reply`.
-    pub fn request(&self, topic: Topic, reply: ReplyTo, body: Bytes, binary: bool) -> bool {
+    pub(crate) fn request(&self, topic: Topic, reply: ReplyTo, body: Bytes, binary: bool) -> bool {
         self.data(Data::Request { topic, reply, body, binary })
     }
 
     /// A response (or, with `error`, a failure such as `responder-lost`) to a request from
     /// another node.
-    pub fn respond(&self, reply: Reply, body: Bytes, binary: bool, error: Option<&str>) -> bool {
+    pub(crate) fn respond(
+        &self,
+        reply: Reply,
+        body: Bytes,
+        binary: bool,
+        error: Option<&str>,
+    ) -> bool {
         self.data(Data::Respond { reply, body, binary, error: error.map(Into::into) })
     }
 
     /// Connection-addressed traffic to `shard` of the node with `epoch`; with `reply`, a
     /// failure (or NATS's "no responders" if that node does not exist) comes back there.
-    pub fn direct(
+    pub(crate) fn direct(
         &self,
         epoch: u32,
         shard: ShardId,
@@ -332,11 +342,11 @@ impl BridgeHandle {
         }
     }
 
-    pub fn connected(&self) -> bool {
+    pub(crate) fn connected(&self) -> bool {
         self.stats.connected.load(Ordering::Relaxed)
     }
 
-    pub fn stats(&self) -> StatsSnapshot {
+    pub(crate) fn stats(&self) -> StatsSnapshot {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -357,16 +367,16 @@ impl BridgeHandle {
 }
 
 /// What a started bridge knows before the node accepts connections.
-pub struct Started {
-    pub bridge: Bridge,
+pub(crate) struct Started {
+    pub(crate) bridge: Bridge,
     /// The epoch this node's cids must carry (see `subjects`).
-    pub epoch: u32,
+    pub(crate) epoch: u32,
     /// Every grant made in the cluster so far.
-    pub grants: Vec<(Grant, Topic)>,
+    pub(crate) grants: Vec<(Grant, Topic)>,
 }
 
 /// The running bridge; dropping it shuts it down.
-pub struct Bridge {
+pub(crate) struct Bridge {
     handle: BridgeHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -374,7 +384,10 @@ pub struct Bridge {
 impl Bridge {
     /// Connects, claims the node's name and epoch, loads the grants, and subscribes the node's
     /// reply and direct subjects. Blocks until all that is done or has failed.
-    pub fn start(config: BridgeConfig, port: Arc<dyn ShardPort>) -> Result<Started, StartError> {
+    pub(crate) fn start(
+        config: BridgeConfig,
+        port: Arc<dyn ShardPort>,
+    ) -> Result<Started, StartError> {
         let (control_tx, control_rx) = crossbeam_channel::bounded(config.control_capacity);
         let (data_tx, data_rx) = crossbeam_channel::bounded(config.data_capacity);
         let notify = Arc::new(Notify::new());
@@ -399,17 +412,17 @@ impl Bridge {
         }
     }
 
-    pub fn handle(&self) -> BridgeHandle {
+    pub(crate) fn handle(&self) -> BridgeHandle {
         self.handle.clone()
     }
 
     /// Gives the node's name back, closes the NATS connections and joins the thread.
-    pub fn shutdown(mut self) {
+    pub(crate) fn shutdown(mut self) {
         self.stop(Control::Shutdown);
     }
 
     #[cfg(test)]
-    pub fn crash(mut self) {
+    pub(crate) fn crash(mut self) {
         self.stop(Control::Crash);
     }
 
@@ -475,6 +488,10 @@ fn run(
         };
         core.serve(queues).await;
     });
+    // Tasks still in the set hold NATS subscribers, whose drop spawns an UNSUB task: drop
+    // them inside the runtime's context, or that spawn panics (seen at every shutdown).
+    let _context = runtime.enter();
+    drop(local);
 }
 
 /// One (kind, topic) the node holds a NATS subscription for.

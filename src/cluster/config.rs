@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use super::subjects;
 
 #[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct ClusterFlags {
+#[command(next_help_heading = "Cluster")]
+pub struct ClusterFlags {
     /// Join a cluster through this NATS server (`nats://` or `tls://`, optionally
     /// `user:password@`); repeat, or separate with commas, for several servers of one NATS
     /// cluster. Without it the broker runs alone.
@@ -49,12 +50,12 @@ pub(crate) struct ClusterFlags {
 }
 
 impl ClusterFlags {
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.nats.is_empty()
     }
 
     /// `--node-name`, or the host name and process id.
-    pub fn node_name(&self) -> String {
+    pub(crate) fn node_name(&self) -> String {
         self.node_name.clone().unwrap_or_else(default_node_name)
     }
 }
@@ -88,7 +89,7 @@ fn parse_prefix(text: &str) -> Result<String, String> {
 }
 
 /// `url` with any `user:password@` replaced by `***@`, for logs and errors.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     match rest.rsplit_once('@') {
         Some((_, host)) if scheme.is_empty() => format!("***@{host}"),

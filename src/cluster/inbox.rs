@@ -21,19 +21,22 @@ use crate::ids::ShardId;
 
 /// The bridge's ends of every shard's inbox.
 #[derive(Clone)]
-pub struct ClusterInboxes {
+pub(crate) struct ClusterInboxes {
     tx: Vec<Sender<Event>>,
     wakers: Vec<Arc<AtomicWaker>>,
 }
 
 /// One shard's end.
-pub struct ClusterInbox {
+pub(crate) struct ClusterInbox {
     rx: Receiver<Event>,
     waker: Arc<AtomicWaker>,
 }
 
 /// Creates `shards` inboxes of `capacity` events each.
-pub fn cluster_inboxes(shards: usize, capacity: usize) -> (ClusterInboxes, Vec<ClusterInbox>) {
+pub(crate) fn cluster_inboxes(
+    shards: usize,
+    capacity: usize,
+) -> (ClusterInboxes, Vec<ClusterInbox>) {
     let mut tx = Vec::with_capacity(shards);
     let mut wakers = Vec::with_capacity(shards);
     let mut inboxes = Vec::with_capacity(shards);
@@ -66,7 +69,7 @@ impl ShardPort for ClusterInboxes {
 
 impl ClusterInbox {
     /// Resolves when at least one event is waiting.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         poll_fn(|cx| {
             if !self.rx.is_empty() {
                 return Poll::Ready(());
@@ -82,20 +85,20 @@ impl ClusterInbox {
         .await
     }
 
-    pub fn try_recv(&self) -> Option<Event> {
+    pub(crate) fn try_recv(&self) -> Option<Event> {
         self.rx.try_recv().ok()
     }
 
     /// Blocks up to `timeout`; for threads that are not shards (tests, tools).
-    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Option<Event> {
+    pub(crate) fn recv_timeout(&self, timeout: std::time::Duration) -> Option<Event> {
         self.rx.recv_timeout(timeout).ok()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.rx.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }
 }

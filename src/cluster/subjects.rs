@@ -36,15 +36,15 @@ const EMPTY_TOKEN: &str = "=";
 
 /// The queue group every node's request subscription joins: one name for the whole cluster, so
 /// NATS picks exactly one member per request among all nodes.
-pub const QUEUE_GROUP: &str = "svc";
+pub(crate) const QUEUE_GROUP: &str = "svc";
 
 /// NATS refuses a control line above 4096 bytes (`max_control_line`) and closes the
 /// connection, so longer subjects are refused before they are sent. The margin leaves room for
 /// `HPUB`, the reply subject and the sizes on the same line.
-pub const MAX_SUBJECT_LEN: usize = 2048;
+pub(crate) const MAX_SUBJECT_LEN: usize = 2048;
 
 /// Encodes `topic` into one subject token.
-pub fn topic_token(topic: &[u8]) -> String {
+pub(crate) fn topic_token(topic: &[u8]) -> String {
     if topic.is_empty() {
         EMPTY_TOKEN.to_owned()
     } else {
@@ -53,7 +53,7 @@ pub fn topic_token(topic: &[u8]) -> String {
 }
 
 /// Decodes a token made by [`topic_token`]; `None` for anything else.
-pub fn topic_from_token(token: &str) -> Option<Vec<u8>> {
+pub(crate) fn topic_from_token(token: &str) -> Option<Vec<u8>> {
     if token == EMPTY_TOKEN {
         return Some(Vec::new());
     }
@@ -64,7 +64,7 @@ pub fn topic_from_token(token: &str) -> Option<Vec<u8>> {
 }
 
 /// Whether `prefix` is usable: one subject token that is also valid in a KV bucket name.
-pub fn valid_prefix(prefix: &str) -> bool {
+pub(crate) fn valid_prefix(prefix: &str) -> bool {
     !prefix.is_empty()
         && prefix.len() <= 64
         && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -72,7 +72,7 @@ pub fn valid_prefix(prefix: &str) -> bool {
 
 /// What a reply subject answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReplyKind {
+pub(crate) enum ReplyKind {
     /// A REQ's RES (or its failure).
     Request,
     /// A `MSG:<cid>` or `INT UID` to another node: only a failure (`no-connection`) comes back.
@@ -90,52 +90,52 @@ impl ReplyKind {
 
 /// Where on this node a reply goes: the shard and the shard's own id for what it waits on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ReplyTo {
-    pub shard: ShardId,
-    pub kind: ReplyKind,
-    pub id: u64,
+pub(crate) struct ReplyTo {
+    pub(crate) shard: ShardId,
+    pub(crate) kind: ReplyKind,
+    pub(crate) id: u64,
 }
 
 /// The subjects of one node under one prefix.
 #[derive(Clone, Debug)]
-pub struct Subjects {
+pub(crate) struct Subjects {
     prefix: String,
     epoch: u32,
 }
 
 impl Subjects {
-    pub fn new(prefix: &str, epoch: u32) -> Self {
+    pub(crate) fn new(prefix: &str, epoch: u32) -> Self {
         Self { prefix: prefix.to_owned(), epoch }
     }
 
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    pub fn epoch(&self) -> u32 {
+    pub(crate) fn epoch(&self) -> u32 {
         self.epoch
     }
 
-    pub fn publish(&self, topic: &[u8]) -> String {
+    pub(crate) fn publish(&self, topic: &[u8]) -> String {
         format!("{}.pub.{}", self.prefix, topic_token(topic))
     }
 
-    pub fn request(&self, topic: &[u8]) -> String {
+    pub(crate) fn request(&self, topic: &[u8]) -> String {
         format!("{}.req.{}", self.prefix, topic_token(topic))
     }
 
     /// The reply subject for `to` on this node.
-    pub fn reply(&self, to: ReplyTo) -> String {
+    pub(crate) fn reply(&self, to: ReplyTo) -> String {
         format!("{}.res.{}.{}.{}.{}", self.prefix, self.epoch, to.shard.0, to.kind.letter(), to.id)
     }
 
     /// The one wildcard subscription that receives every reply for this node.
-    pub fn replies_wildcard(&self) -> String {
+    pub(crate) fn replies_wildcard(&self) -> String {
         format!("{}.res.{}.>", self.prefix, self.epoch)
     }
 
     /// Parses a reply subject of this node; `None` if it is not one.
-    pub fn parse_reply(&self, subject: &str) -> Option<ReplyTo> {
+    pub(crate) fn parse_reply(&self, subject: &str) -> Option<ReplyTo> {
         let rest = self.strip_node(subject, "res")?;
         let mut parts = rest.split('.');
         let shard = parse_u16(parts.next()?)?;
@@ -149,29 +149,29 @@ impl Subjects {
     }
 
     /// The subject of connection-addressed traffic for `shard` of the node with `epoch`.
-    pub fn direct(&self, epoch: u32, shard: ShardId) -> String {
+    pub(crate) fn direct(&self, epoch: u32, shard: ShardId) -> String {
         format!("{}.node.{}.{}", self.prefix, epoch, shard.0)
     }
 
-    pub fn directs_wildcard(&self) -> String {
+    pub(crate) fn directs_wildcard(&self) -> String {
         format!("{}.node.{}.>", self.prefix, self.epoch)
     }
 
     /// Parses a direct subject of this node into its shard.
-    pub fn parse_direct(&self, subject: &str) -> Option<ShardId> {
+    pub(crate) fn parse_direct(&self, subject: &str) -> Option<ShardId> {
         let rest = self.strip_node(subject, "node")?;
         parse_u16(rest).map(ShardId)
     }
 
-    pub fn barrier(&self) -> String {
+    pub(crate) fn barrier(&self) -> String {
         format!("{}.ctl.barrier", self.prefix)
     }
 
-    pub fn grants_bucket(&self) -> String {
+    pub(crate) fn grants_bucket(&self) -> String {
         format!("{}_grants", self.prefix)
     }
 
-    pub fn nodes_bucket(&self) -> String {
+    pub(crate) fn nodes_bucket(&self) -> String {
         format!("{}_nodes", self.prefix)
     }
 
@@ -185,7 +185,7 @@ impl Subjects {
 }
 
 /// The KV key of a grant.
-pub fn grant_key(grant: Grant, topic: &[u8]) -> String {
+pub(crate) fn grant_key(grant: Grant, topic: &[u8]) -> String {
     let kind = match grant {
         Grant::Publish => "pub",
         Grant::Subscribe => "sub",
@@ -195,7 +195,7 @@ pub fn grant_key(grant: Grant, topic: &[u8]) -> String {
 }
 
 /// Parses a grant key back; `None` for keys that are not grants.
-pub fn parse_grant_key(key: &str) -> Option<(Grant, Vec<u8>)> {
+pub(crate) fn parse_grant_key(key: &str) -> Option<(Grant, Vec<u8>)> {
     let (kind, token) = key.split_once('.')?;
     let grant = match kind {
         "pub" => Grant::Publish,
@@ -206,11 +206,11 @@ pub fn parse_grant_key(key: &str) -> Option<(Grant, Vec<u8>)> {
     Some((grant, topic_from_token(token)?))
 }
 
-pub fn node_name_key(name: &str) -> String {
+pub(crate) fn node_name_key(name: &str) -> String {
     format!("name.{}", topic_token(name.as_bytes()))
 }
 
-pub fn node_epoch_key(epoch: u32) -> String {
+pub(crate) fn node_epoch_key(epoch: u32) -> String {
     format!("epoch.{epoch}")
 }
 
@@ -232,7 +232,7 @@ fn parse_u16(text: &str) -> Option<u16> {
 
 /// Whether `token` is one valid NATS subject token for publishing: non-empty, no separator,
 /// no wildcard, no whitespace or control byte.
-pub fn is_valid_token(token: &str) -> bool {
+pub(crate) fn is_valid_token(token: &str) -> bool {
     !token.is_empty()
         && token.bytes().all(|b| !matches!(b, b'.' | b'*' | b'>') && b > b' ' && b != 0x7f)
 }

@@ -14,6 +14,8 @@ use super::{Event, ReplyKind, ReplyTo, Topic};
 use crate::grants::Grant;
 use crate::ids::ShardId;
 
+// The harness is shared with the integration tests, where its items are `pub`.
+#[allow(unreachable_pub)]
 #[path = "../../tests/common/nats.rs"]
 mod nats;
 

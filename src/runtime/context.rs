@@ -21,6 +21,7 @@ use super::event::Event;
 use super::writer::write_now;
 use crate::auth::Keys;
 use crate::close::{CloseCounter, CloseReason};
+use crate::cluster::inbox::ClusterInbox;
 use crate::limits::MAIL_BATCH;
 use crate::protocol::message::Limits;
 use crate::shard::connection::Connection;
@@ -70,6 +71,8 @@ pub(crate) struct ShardContext {
     pub mailboxes: Mailboxes,
     pub inbox: Inbox,
     pub inbox_capacity: usize,
+    /// Events from the cluster bridge; `None` when the broker runs alone.
+    pub cluster: Option<ClusterInbox>,
     /// The keys to accept; replaced on SIGHUP when a keys file is used.
     pub keys: RefCell<Keys>,
     pub settings: ConnectionSettings,
@@ -177,6 +180,23 @@ impl ShardContext {
         }
         if handled > 0 {
             self.inbox.made_room();
+        }
+        self.flush_mail();
+        self.mail_handled.notify();
+    }
+
+    /// Handles up to [`MAIL_BATCH`] waiting cluster events, like a batch of mail.
+    pub(crate) fn handle_cluster_inbox(&self, inbox: &ClusterInbox) {
+        {
+            let mut shard = self.shard.borrow_mut();
+            shard.set_now(Instant::now());
+            for _ in 0..MAIL_BATCH {
+                let Some(event) = inbox.try_recv() else { break };
+                shard.handle_event(event);
+                if shard.has_overflowed() {
+                    self.settle(&mut shard);
+                }
+            }
         }
         self.flush_mail();
         self.mail_handled.notify();

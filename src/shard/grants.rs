@@ -29,6 +29,9 @@ impl Shard {
         let grant = Grant::given_by(command).expect("only EPUB, ESUB and EREQ get here");
         self.grants.insert(grant, topic);
         let name: TopicName = topic.into();
+        if self.cluster.is_some() {
+            self.put_grant(conn, grant, &name);
+        }
         let me = self.id();
         for s in 0..self.config.shards {
             let shard = ShardId(s as u16);

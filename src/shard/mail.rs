@@ -7,17 +7,34 @@
 use super::mailbox::{Mail, Mailboxes};
 use super::outbound::FrameBytes;
 use super::Shard;
+use crate::cluster::InterestKind;
 use crate::ids::{ConnectionId, ShardId};
 
 impl Shard {
     /// Handles one mail from another shard (or from this one, through [`Shard::send`]).
     pub fn handle_mail(&mut self, mail: Mail) {
         match mail {
-            Mail::Publish(frame) => self.fan_out(frame),
+            Mail::Publish(frame) => {
+                let copy = self.cluster.is_some().then(|| frame.clone());
+                self.fan_out(frame);
+                if let Some(frame) = copy {
+                    self.publish_cluster(&frame);
+                }
+            }
             Mail::Deliver(frame) => self.deliver_shared(frame),
             Mail::Interest { topic, shard, subscribed, ack } => {
-                self.interest.set(topic, shard, subscribed);
-                self.ack(ack);
+                if self.cluster.is_none() {
+                    self.interest.set(topic, shard, subscribed);
+                    return self.ack(ack);
+                }
+                let local = !self.subscriptions.get(&topic).is_empty();
+                let was = local || self.interest.shards(&topic) != 0;
+                self.interest.set(topic.clone(), shard, subscribed);
+                let now = local || self.interest.shards(&topic) != 0;
+                if was == now {
+                    return self.ack(ack);
+                }
+                self.node_interest(InterestKind::Publish, &topic, now, ack);
             }
             Mail::Grant { grant, topic, ack } => {
                 self.grants.insert(grant, &topic);
@@ -71,7 +88,7 @@ impl Shard {
     /// Hands queued mail to the destination inboxes, waking each destination once. Mail an
     /// inbox has no room for stays queued, in order; returns whether any is left.
     pub fn flush_mail(&mut self, mailboxes: &Mailboxes) -> bool {
-        let mut left = false;
+        let mut left = self.flush_cluster();
         for (i, queue) in self.outgoing.iter_mut().enumerate() {
             if queue.is_empty() {
                 continue;
@@ -97,6 +114,6 @@ impl Shard {
     }
 
     pub fn has_backlog(&self) -> bool {
-        self.outgoing.iter().any(|q| !q.is_empty())
+        self.outgoing.iter().any(|q| !q.is_empty()) || self.cluster_backlogged()
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! The flows, one file each: [`pubsub`] (SUB, UNS, PUB: encode, fan out, deliver),
 //! [`requests`] (REQ, RES, timeouts), [`grants`] (EPUB/ESUB/EREQ, INT, error replies),
-//! [`mail`] (what each mail does, and mail out), [`drain`] (the shutdown barrier). This file
+//! [`mail`] (what each mail does, and mail out), [`drain`] (the shutdown barrier), [`cluster`]
+//! (the node's side of a cluster: what goes to the bridge, what its events do). This file
 //! holds the state, connections arriving and leaving, the command dispatch and the
 //! slow-consumer verdict.
 //!
@@ -26,6 +27,7 @@
 //! and mail between two shards is handled in the order it was sent, which is what keeps one
 //! publisher's messages in order at every subscriber.
 
+mod cluster;
 pub mod connection;
 mod drain;
 mod encode;
@@ -88,6 +90,9 @@ pub struct Stats {
     pub mail_backlogged: u64,
     /// Bytes written by connections that have left (live ones are summed when scraped).
     pub bytes_out_closed: u64,
+    /// Cluster confirmations that came back `in_force: false` (NATS down or slow): the SUB or
+    /// grant held locally at once and cluster-wide only once NATS was back.
+    pub cluster_unconfirmed: u64,
 }
 
 /// What a shard reports when scraped: its counters and its current sizes.
@@ -136,6 +141,8 @@ pub struct Shard {
     pub stats: Stats,
     pub shutdown_requested: bool,
     drain: Drain,
+    /// The link to the cluster bridge; `None` when the broker runs alone.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Shard {
@@ -162,6 +169,7 @@ impl Shard {
             stats: Stats::default(),
             shutdown_requested: false,
             drain: Drain::default(),
+            cluster: None,
         }
     }
 

@@ -12,6 +12,7 @@ use super::mailbox::{Mail, SharedFrame};
 use super::outbound::{Frame, FrameBytes};
 use super::topics::each_shard;
 use super::{overflowed, Shard, TopicName};
+use crate::cluster::InterestKind;
 use crate::protocol::message::Message;
 
 impl Shard {
@@ -61,14 +62,24 @@ impl Shard {
                 c.id
             });
             self.send(owner, Mail::Interest { topic, shard, subscribed, ack });
+        } else if self.cluster.is_some() && self.interest.shards(&topic) == 0 {
+            // This shard owns the topic and no other shard subscribes: its own first
+            // subscriber (or its last leaving) changes the node's interest.
+            let ack = waiter.map(|c| {
+                c.awaiting_acks.set(c.awaiting_acks.get() + 1);
+                c.id
+            });
+            self.node_interest(InterestKind::Publish, &topic, subscribed, ack);
         }
     }
 
     pub(super) fn publish(&mut self, conn: &Rc<Connection>, msg: &Message<'_>, binary: bool) {
         let owner = self.placement.owner(msg.target);
-        // Only the owner knows the interested shards; with one shard there are none.
-        let remote =
-            owner != self.id() || (self.config.shards > 1 && self.interest.shards(msg.target) != 0);
+        // Only the owner knows the interested shards; with one shard there are none. In a
+        // cluster the owner also hands every PUB to the bridge, so it takes the shared path.
+        let remote = owner != self.id()
+            || self.cluster.is_some()
+            || (self.config.shards > 1 && self.interest.shards(msg.target) != 0);
         if !remote && self.subscriptions.get(msg.target).is_empty() {
             return; // nobody anywhere subscribes
         }
@@ -79,7 +90,11 @@ impl Shard {
         }
         let shared = frame.into_shared();
         if owner == self.id() {
+            let copy = self.cluster.is_some().then(|| shared.clone());
             self.fan_out(shared);
+            if let Some(frame) = copy {
+                self.publish_cluster(&frame);
+            }
         } else {
             self.send(owner, Mail::Publish(shared));
         }
