@@ -242,6 +242,8 @@ fn req_is_answered_exactly_once_cluster_wide_by_services_on_both_nodes() {
     // Every request reaches exactly one service; each answers with the body it got.
     let mut seen = HashSet::new();
     let mut by_node = [0usize; 2];
+    // Per requester: how many of its requests a service on the other node answered.
+    let mut crossed = [0usize; 2];
     for _ in 0..2 * EACH {
         let mut all: Vec<&mut Client> = services.iter_mut().collect();
         let (i, m) = recv_any(&mut all);
@@ -250,13 +252,24 @@ fn req_is_answered_exactly_once_cluster_wide_by_services_on_both_nodes() {
         let req_id = p.header("ReqID").expect("the REQ keeps the requester's ReqID").to_owned();
         let key = (p.header("Cid").unwrap_or_default().to_owned(), req_id);
         assert!(seen.insert(key.clone()), "request {key:?} reached a service twice");
-        // services[0..2] are on node 0, services[2..4] on node 1.
+        // services[0..2] are on node 0, services[2..4] on node 1; requesters[k] on node k.
         by_node[i / 2] += 1;
+        let from = requesters.iter().position(|r| Some(r.cid.as_str()) == p.header("Cid"));
+        let from = from.unwrap_or_else(|| panic!("a REQ from nobody expected: {m:?}"));
+        if from != i / 2 {
+            crossed[from] += 1;
+        }
         let body = String::from_utf8(p.body).unwrap();
         let svc = &mut services[i];
         svc.send_text(&msg("RES", topic, &[("Rid", &rid)], body.trim_end()));
     }
     assert!(by_node.iter().all(|&n| n > 0), "services of both nodes must be used: {by_node:?}");
+    // NATS picks a node per request among the nodes with a service: local-only routing would
+    // pass the line above, so each requester must have been served across nodes too.
+    assert!(
+        crossed.iter().all(|&n| n > 0),
+        "every requester must be served by the other node's services too: {crossed:?}"
+    );
     // Each requester gets each answer once, with its ReqID back (in any order: several
     // services answer).
     for (i, r) in requesters.iter_mut().enumerate() {
@@ -403,11 +416,19 @@ fn grants_on_one_node_are_honoured_on_the_other_from_the_next_message() {
     let mut early = cluster.node(1).client_on(0);
     early.send_text(&msg("PUB", topics[0], &[], "too early"));
     early.expect_error("not-trusted", &format!("Not trusted PUB {}", topics[0]));
-    let mut svc = grant_all(&cluster, topics);
-    // The service's next message is a hand-off to a client on node 1: when that client reads
-    // it, the grants are in force there.
+    // The hand-off goes over a plain topic the client subscribed to (granted on its own node),
+    // so this test needs only the PUB/SUB and grant flows, not `MSG:<cid>` across nodes.
+    let mut local_granter = cluster.node(1).service_on(0);
+    local_granter.send_text(&msg("ESUB", "handoff", &[], ""));
     let mut cli = cluster.node(1).client_on(1);
-    tell(&mut svc, &mut cli);
+    tell(&mut local_granter, &mut cli);
+    cli.send_text(&msg("SUB", "handoff", &[], ""));
+    cli.sync();
+    let mut svc = grant_all(&cluster, topics);
+    // The service's next message is a hand-off to the client on node 1: when that client reads
+    // it, the grants are in force there.
+    svc.send_text(&msg("PUB", "handoff", &[], "go"));
+    cli.expect_text(&relayed("PUB", "handoff", &[], &svc.cid, "", "go"));
     cli.send_text(&msg("PUB", topics[0], &[], "right after"));
     sub.expect_text(&relayed("PUB", topics[0], &[], &cli.cid, "", "right after"));
     cli.sync();
