@@ -2,6 +2,9 @@
 //! How: spawns the real binary on 127.0.0.1:0; every read has a deadline, so no test can hang.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod nats;
+
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -48,8 +51,13 @@ pub struct Server {
     pub port: u16,
     log: Arc<Mutex<Vec<u8>>>,
     service_keys: Vec<String>,
-    /// One service per shard, opened by the first `settle`.
+    /// One service per shard, opened by the first `settle` (in cluster mode: one per shard
+    /// of every node, node by node).
     relays: RefCell<Vec<Client>>,
+    /// Every line the server wrote to stdout so far (`listening on`, `admin on` ...).
+    stdout: Arc<Mutex<Vec<String>>>,
+    /// `Some` when `MIDDLEMAN_TEST_NODES` made this a cluster (see `cluster::Peers`).
+    cluster: Option<Box<cluster::Peers>>,
 }
 
 impl Server {
@@ -58,8 +66,20 @@ impl Server {
         Server::start_with_keys(&[SERVICE_KEY], &[CLIENT_KEY], extra)
     }
 
-    /// Two shards on 127.0.0.1:0 with exactly these keys, plus `extra` flags.
+    /// Two shards on 127.0.0.1:0 with exactly these keys, plus `extra` flags. With
+    /// `MIDDLEMAN_TEST_NODES=N` (N ≥ 2) in the environment: N cluster nodes joined through a
+    /// nats-server of their own, connections spread over them (see `cluster::Peers`).
     pub fn start_with_keys(service_keys: &[&str], client_keys: &[&str], extra: &[&str]) -> Server {
+        match cluster::test_nodes() {
+            Some(nodes) if !extra.contains(&"--cluster-nats") => {
+                cluster::Peers::start(nodes, service_keys, client_keys, extra)
+            }
+            _ => Server::start_single(service_keys, client_keys, extra),
+        }
+    }
+
+    /// One process, whatever the environment says (the cluster harness starts its nodes so).
+    pub fn start_single(service_keys: &[&str], client_keys: &[&str], extra: &[&str]) -> Server {
         let mut args: Vec<&str> = vec!["--listen", "127.0.0.1:0", "--shards", "2"];
         for key in service_keys {
             args.extend(["--service-key", key]);
@@ -96,10 +116,13 @@ impl Server {
 
         let stdout = child.stdout.take().expect("piped stdout");
         let (lines_tx, lines_rx) = mpsc::channel::<String>();
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let lines_sink = Arc::clone(&stdout_lines);
         thread::spawn(move || {
             // Keeps draining stdout after the first line so the server never blocks on it.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                lines_sink.lock().unwrap().push(line.clone());
                 // Once nobody listens any more, keep reading anyway so the pipe never fills.
                 let _ = lines_tx.send(line);
             }
@@ -111,6 +134,8 @@ impl Server {
             log,
             service_keys: service_keys.iter().map(|k| k.to_string()).collect(),
             relays: RefCell::new(Vec::new()),
+            stdout: stdout_lines,
+            cluster: None,
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
@@ -146,6 +171,24 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The rest of the first stdout line that starts with `prefix` (for example `admin on
+    /// http://`), waiting up to 5 s for it; `None` if it never came.
+    pub fn stdout_line(&self, prefix: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|line| line.trim().strip_prefix(prefix).map(str::to_owned));
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Everything the server wrote to stderr so far.
@@ -220,6 +263,14 @@ impl Server {
     }
 
     pub fn try_connect_path(&self, key: &str, path: &str) -> Result<Client, String> {
+        match &self.cluster {
+            Some(peers) => peers.connect_spread(self, key, path, None),
+            None => self.try_connect_here(key, path),
+        }
+    }
+
+    /// A connection to this process, whatever the cluster mode.
+    pub fn try_connect_here(&self, key: &str, path: &str) -> Result<Client, String> {
         let mut client = Client::upgrade(self.port, path)?;
         client.service = self.is_service_key(key);
         client.login(key)?;
@@ -236,9 +287,21 @@ impl Server {
 
     /// A connection that lives on `shard`: opens up to 32 and keeps the first that does.
     pub fn connect_on_shard(&self, key: &str, shard: u16) -> Client {
+        if let Some(peers) = &self.cluster {
+            return peers
+                .connect_spread(self, key, "/", Some(shard))
+                .unwrap_or_else(|e| panic!("connect with key {key:?} for shard {shard}: {e}"));
+        }
+        self.connect_here_on_shard(key, shard)
+    }
+
+    /// A connection to this process that lives on `shard`, whatever the cluster mode.
+    pub fn connect_here_on_shard(&self, key: &str, shard: u16) -> Client {
         let mut seen = HashSet::new();
         for _ in 0..32 {
-            let client = self.connect(key);
+            let client = self
+                .try_connect_here(key, "/")
+                .unwrap_or_else(|e| panic!("connect with key {key:?}: {e}"));
             if client.shard() == shard {
                 return client;
             }
@@ -257,6 +320,9 @@ impl Server {
     /// for `SUB`; `it_ordering.rs` checks separately whether a `SUB` followed by a round trip
     /// is enough on its own.
     pub fn settle(&self) {
+        if let Some(peers) = &self.cluster {
+            return peers.settle(self, &mut self.relays.borrow_mut());
+        }
         let mut relays = self.relays.borrow_mut();
         if relays.is_empty() {
             relays.push(self.service_on(0));
@@ -367,6 +433,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(peers) = &self.cluster {
+            if !thread::panicking() {
+                peers.assert_spread();
+            }
+        }
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -426,6 +497,8 @@ pub struct Client {
     pub cid: String,
     /// Whether it logged in with a service key (decides how `sync` works).
     pub service: bool,
+    /// The node it is connected to (0 unless a cluster harness handed it out).
+    pub node: usize,
 }
 
 impl Client {
@@ -448,7 +521,7 @@ impl Client {
         loop {
             match attempt {
                 Ok((ws, _response)) => {
-                    return Ok(Client { ws, cid: String::new(), service: false })
+                    return Ok(Client { ws, cid: String::new(), service: false, node: 0 })
                 }
                 Err(tungstenite::HandshakeError::Interrupted(mid)) => {
                     if Instant::now() >= deadline {
