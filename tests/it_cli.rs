@@ -281,6 +281,9 @@ fn every_flag_can_come_from_its_variable() {
             "LEVEL" => ("debug", "trace"),
             "SLOW_CONSUMER" => ("drop", "drop"),
             "LOG_FORMAT" => ("json", "json"),
+            "URL" => ("nats://127.0.0.1:7001", "nats://127.0.0.1:7002"),
+            "NAME" => ("node-a", "node-b"),
+            "P" => ("pa", "pb"),
             other => panic!("--{}: no sample value for <{other}>: add one here", flag.name),
         };
         // A repeatable flag takes a comma list from its variable.
