@@ -530,6 +530,8 @@ fn request_timeout_zero_waits_forever() {
     // for two intervals would rightly be closed, failing the request with `responder-lost`.
     cli.expect_ping(RECV_TIMEOUT);
     svc.expect_ping(RECV_TIMEOUT);
+    // The pong goes out with the next write; a SUB is silent for a service and a sign of life.
+    svc.send_text(&msg("SUB", "alive", &[], ""));
     cli.expect_ping(RECV_TIMEOUT);
     svc.send_text(&msg("RES", "T", &[("Rid", &rid)], "eventually"));
     expect_res(&mut cli, "T", Some("z"), &svc.cid, &[], "eventually");
